@@ -1,0 +1,25 @@
+# pumi — build and test entry points. `make test` is the one test command (CI calls it from .ci/run).
+GO ?= go
+
+.PHONY: test build run vet fuzz
+
+# Unit tests, fuzz seed corpora, and the integration tests (network namespaces, QEMU/OVMF, dnsmasq, OpenSSH,
+# aiosmtpd...). Integration tests need root; as non-root they skip (in CI, with CI=true, they fail instead).
+# -p 2: at most two test binaries at once, so at most two QEMU guests share the two cores.
+test:
+	$(GO) vet ./...
+	$(GO) test -p 2 -timeout 80m ./...
+
+build:
+	$(GO) build ./...
+
+run:
+	$(GO) run ./cmd/pumi-appliance
+
+# Longer fuzzing of every fuzz target, 30 s each (not part of `make test`).
+fuzz:
+	@for pkg in $$($(GO) list ./...); do \
+	  for f in $$($(GO) test -list 'Fuzz.*' $$pkg | grep '^Fuzz'); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 30s $$pkg || exit 1; \
+	  done; \
+	done

@@ -1,0 +1,556 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// The two "machines". 10.98.0.0/16 exists only inside these namespaces,
+// which have no other link and no route anywhere.
+const (
+	serverIP   = "10.98.0.1"
+	clientIP   = "10.98.0.2"
+	subnet     = "10.98.0.0/16"
+	rangeStart = "10.98.1.0"
+	rangeEnd   = "10.98.63.255" // 16k addresses: room for -macs up to 16,000
+	serverIf   = "vs"
+	clientIf   = "vc"
+)
+
+type options struct {
+	out      string
+	rounds   int
+	clients  int
+	macs     int
+	small    int
+	large    int
+	profile  string
+	skipTFTP bool
+	skipDHCP bool
+	leaseDir string
+}
+
+func orchestrate(ctx context.Context, args []string) error {
+	var o options
+	fl := flag.NewFlagSet("netbench", flag.ContinueOnError)
+	fl.StringVar(&o.out, "out", "", "also write the Markdown report to this file")
+	fl.IntVar(&o.rounds, "rounds", 3, "rounds per measurement (servers alternate who goes first)")
+	fl.IntVar(&o.clients, "clients", 20, "parallel TFTP clients")
+	fl.IntVar(&o.macs, "macs", 1000, "distinct MACs in the DHCP burst")
+	fl.IntVar(&o.small, "small", 1<<20, "size of the iPXE-sized file in bytes")
+	fl.IntVar(&o.large, "large", 30<<20, "size of the large file in bytes")
+	fl.StringVar(&o.profile, "cpuprofile-dir", "", "write CPU profiles of pumi's servers into this directory")
+	fl.BoolVar(&o.skipTFTP, "skip-tftp", false, "skip the TFTP part")
+	fl.BoolVar(&o.skipDHCP, "skip-dhcp", false, "skip the DHCP part")
+	fl.StringVar(&o.leaseDir, "lease-dir", "", "directory for both servers' lease files (default: a temporary directory under $TMPDIR); /dev/shm shows the cost of fsync")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces): run it with sudo")
+	}
+	for _, p := range []string{"ip", "dnsmasq", "ss"} {
+		if _, err := exec.LookPath(p); err != nil {
+			return fmt.Errorf("needs %s on PATH (Debian: iproute2, dnsmasq-base)", p)
+		}
+	}
+	if o.macs > 16000 {
+		return errors.New("-macs: at most 16000 (the lease range)")
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	work, err := os.MkdirTemp("", "netbench-")
+	if err != nil {
+		return err
+	}
+	if os.Getenv("NETBENCH_KEEP") == "" {
+		defer os.RemoveAll(work)
+	}
+	// dnsmasq drops to user nobody, who must be able to read the files.
+	if err := os.Chmod(work, 0o755); err != nil {
+		return err
+	}
+	if o.profile != "" {
+		if o.profile, err = filepath.Abs(o.profile); err != nil {
+			return err
+		}
+		if err := os.MkdirAll(o.profile, 0o755); err != nil {
+			return err
+		}
+	}
+
+	env, err := newEnv(work)
+	if err != nil {
+		return err
+	}
+	defer env.close()
+
+	rep := &report{opts: o, started: time.Now().UTC(), cmdline: "go run ./bench/netbench " + strings.Join(args, " ")}
+	rep.machine = machineInfo()
+	if !o.skipTFTP {
+		if err := runTFTP(ctx, env, self, &o, rep); err != nil {
+			return err
+		}
+	}
+	if !o.skipDHCP {
+		rep.dhcp = make([][2][]dhcpResult, len(dhcpScenarios))
+		if err := runDHCP(ctx, env, self, &o, rep); err != nil {
+			return err
+		}
+	}
+	rep.finished = time.Now().UTC()
+	md := rep.markdown()
+	fmt.Print(md)
+	if o.out != "" {
+		return os.WriteFile(o.out, []byte(md), 0o644)
+	}
+	return nil
+}
+
+// env is the pair of namespaces.
+type env struct {
+	work, srv, cli string
+}
+
+func newEnv(work string) (*env, error) {
+	id := fmt.Sprintf("%d", os.Getpid())
+	e := &env{work: work, srv: "netbench-s-" + id, cli: "netbench-c-" + id}
+	steps := [][]string{
+		{"netns", "add", e.srv},
+		{"netns", "add", e.cli},
+		{"-n", e.srv, "link", "set", "lo", "up"},
+		{"-n", e.cli, "link", "set", "lo", "up"},
+		{"-n", e.srv, "link", "add", serverIf, "type", "veth", "peer", "name", clientIf, "netns", e.cli},
+		{"-n", e.srv, "addr", "add", serverIP + "/16", "dev", serverIf},
+		{"-n", e.cli, "addr", "add", clientIP + "/16", "dev", clientIf},
+		{"-n", e.srv, "link", "set", serverIf, "up"},
+		{"-n", e.cli, "link", "set", clientIf, "up"},
+	}
+	for _, s := range steps {
+		if out, err := exec.Command("ip", s...).CombinedOutput(); err != nil {
+			e.close()
+			return nil, fmt.Errorf("ip %s: %v: %s", strings.Join(s, " "), err, out)
+		}
+	}
+	return e, nil
+}
+
+func (e *env) close() {
+	for _, ns := range []string{e.srv, e.cli} {
+		if out, err := exec.Command("ip", "netns", "pids", ns).Output(); err == nil {
+			for _, pid := range strings.Fields(string(out)) {
+				exec.Command("kill", "-9", pid).Run()
+			}
+		}
+		exec.Command("ip", "netns", "del", ns).Run()
+	}
+}
+
+// rcvbufErrors is the server namespace's count of UDP datagrams the kernel
+// dropped because a socket's receive buffer was full.
+func (e *env) rcvbufErrors() int {
+	out, err := exec.Command("ip", "netns", "exec", e.srv, "cat", "/proc/net/snmp").Output()
+	if err != nil {
+		return 0
+	}
+	var names []string
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, n := range names {
+			if n == "RcvbufErrors" && i < len(f) {
+				var v int
+				fmt.Sscan(f[i], &v)
+				return v
+			}
+		}
+	}
+	return 0
+}
+
+// server is a server process inside the server namespace.
+type server struct {
+	name string
+	cmd  *exec.Cmd
+	log  string
+}
+
+func (e *env) start(ctx context.Context, name string, port int, argv ...string) (*server, error) {
+	logf := filepath.Join(e.work, fmt.Sprintf("%s-%d.log", name, time.Now().UnixNano()))
+	f, err := os.Create(logf)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cmd := exec.Command("ip", append([]string{"netns", "exec", e.srv}, argv...)...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", name, err)
+	}
+	s := &server{name: name, cmd: cmd, log: logf}
+	exited := make(chan struct{})
+	go func() { cmd.Process.Wait(); close(exited) }()
+	// Ready when the port is bound; the server has to be up within 15 s.
+	for i := 0; i < 300; i++ {
+		out, _ := exec.Command("ip", "netns", "exec", e.srv, "ss", "-Hlun").Output()
+		if bytes.Contains(out, []byte(fmt.Sprintf(":%d ", port))) {
+			return s, nil
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(logf)
+			return nil, fmt.Errorf("%s exited at start:\n%s", name, b)
+		case <-ctx.Done():
+			s.stop()
+			return nil, ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	s.stop()
+	return nil, fmt.Errorf("%s did not bind UDP port %d within 15 s (log: %s)", name, port, logf)
+}
+
+// cpuSeconds is the CPU time (user+system) the server process has used so far.
+func (s *server) cpuSeconds() float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the parenthesised command name; utime and stime are the
+	// 14th and 15th fields of the line, in clock ticks (100 per second on
+	// Linux/amd64).
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	var ut, st float64
+	fmt.Sscan(f[11], &ut)
+	fmt.Sscan(f[12], &st)
+	return (ut + st) / 100
+}
+
+func (s *server) stop() {
+	s.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { s.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		s.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// load runs a load generator in the client namespace and decodes its JSON.
+func (e *env) load(ctx context.Context, self string, v any, args ...string) error {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", e.cli, self}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return fmt.Errorf("%s: %v\n%s", args[0], err, stderr.String())
+	}
+	return json.Unmarshal(out, v)
+}
+
+func writeRandom(path string, n int) (string, error) {
+	b := make([]byte, n)
+	rand.Read(b)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+var serverNames = [2]string{"dnsmasq", "pumi"}
+
+// order alternates who goes first, so neither always runs on a warmer (or
+// busier) machine.
+func order(round int) [2]int {
+	if round%2 == 0 {
+		return [2]int{0, 1}
+	}
+	return [2]int{1, 0}
+}
+
+func runTFTP(ctx context.Context, e *env, self string, o *options, rep *report) error {
+	root := filepath.Join(e.work, "tftp")
+	if err := os.Mkdir(root, 0o755); err != nil {
+		return err
+	}
+	files := []struct {
+		name string
+		size int
+		sum  string
+	}{{name: "ipxe-sized.bin", size: o.small}, {name: "large.bin", size: o.large}}
+	for i := range files {
+		var err error
+		if files[i].sum, err = writeRandom(filepath.Join(root, files[i].name), files[i].size); err != nil {
+			return err
+		}
+	}
+	rep.tftp = map[string]*[2][]tftpResult{}
+	for _, f := range files {
+		rep.tftp[f.name] = &[2][]tftpResult{}
+		rep.tftpFiles = append(rep.tftpFiles, fileDesc{f.name, f.size})
+	}
+	for r := 0; r < o.rounds; r++ {
+		for _, si := range order(r) {
+			var argv []string
+			if si == 0 {
+				argv = []string{"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+					"--enable-tftp", "--tftp-root=" + root, "--interface=" + serverIf, "--bind-interfaces",
+					"--pid-file=" + filepath.Join(e.work, "dnsmasq.pid"), "--log-facility=-"}
+			} else {
+				argv = []string{self, "tftp-serve", "-root", root, "-addr", serverIP + ":69"}
+				if o.profile != "" {
+					argv = append(argv, "-cpuprofile", filepath.Join(o.profile, fmt.Sprintf("tftp-round%d.pprof", r)))
+				}
+			}
+			s, err := e.start(ctx, serverNames[si], 69, argv...)
+			if err != nil {
+				return err
+			}
+			for _, f := range files {
+				var res tftpResult
+				cpu0 := s.cpuSeconds()
+				err := e.load(ctx, self, &res, "tftp-load", "-server", serverIP+":69", "-file", f.name,
+					"-clients", fmt.Sprint(o.clients), "-blksize", "1468", "-sha256", f.sum)
+				if err != nil {
+					s.stop()
+					return err
+				}
+				res.ServerCPU = s.cpuSeconds() - cpu0
+				fmt.Fprintf(os.Stderr, "tftp round %d %-7s %-14s %7.1f MB/s errors=%d server-cpu=%.2fs\n", r, serverNames[si], f.name, res.MBps, res.Errors, res.ServerCPU)
+				rep.tftp[f.name][si] = append(rep.tftp[f.name][si], res)
+			}
+			s.stop()
+		}
+	}
+	return nil
+}
+
+// dhcpScenarios: a back-to-back burst (1,000 PCs woken at once, worse than
+// reality: they arrive within a few ms) and the same MACs paced at 200/s,
+// a rate both servers should sustain on an idle machine.
+var dhcpScenarios = []struct{ name, pace string }{
+	{"burst (back to back)", "0"},
+	{"paced (200 DISCOVERs/s)", "5ms"},
+}
+
+func runDHCP(ctx context.Context, e *env, self string, o *options, rep *report) error {
+	for sc, scen := range dhcpScenarios {
+		if err := runDHCPScenario(ctx, e, self, o, rep, sc, scen.pace); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func runDHCPScenario(ctx context.Context, e *env, self string, o *options, rep *report, sc int, pace string) error {
+	for r := 0; r < o.rounds; r++ {
+		for _, si := range order(r) {
+			// A fresh lease file each time: every burst is 1,000 new clients.
+			dir := e.work
+			if o.leaseDir != "" {
+				dir = o.leaseDir
+			}
+			leases := filepath.Join(dir, fmt.Sprintf("netbench-%d-%s-%d-%d.leases", os.Getpid(), serverNames[si], sc, r))
+			defer os.Remove(leases)
+			var argv []string
+			if si == 0 {
+				argv = []string{"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
+					"--interface=" + serverIf, "--bind-interfaces", "--dhcp-authoritative",
+					"--dhcp-range=" + rangeStart + "," + rangeEnd + ",255.255.0.0,12h",
+					"--dhcp-option=option:router," + serverIP,
+					"--dhcp-leasefile=" + leases, "--dhcp-lease-max=100000", "--no-ping",
+					"--pid-file=" + filepath.Join(e.work, "dnsmasq.pid"), "--log-facility=-"}
+			} else {
+				argv = []string{self, "dhcp-serve", "-iface", serverIf, "-server-ip", serverIP, "-subnet", subnet,
+					"-range-start", rangeStart, "-range-end", rangeEnd, "-leases", leases}
+				if o.profile != "" {
+					argv = append(argv, "-cpuprofile", filepath.Join(o.profile, fmt.Sprintf("dhcp-round%d.pprof", r)))
+				}
+			}
+			s, err := e.start(ctx, serverNames[si], 67, argv...)
+			if err != nil {
+				return err
+			}
+			drops0, cpu0 := e.rcvbufErrors(), s.cpuSeconds()
+			var res dhcpResult
+			err = e.load(ctx, self, &res, "dhcp-load", "-iface", clientIf, "-n", fmt.Sprint(o.macs), "-pace", pace)
+			res.ServerDrops = e.rcvbufErrors() - drops0
+			res.ServerCPU = s.cpuSeconds() - cpu0
+			s.stop()
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(os.Stderr, "server-drops=%d ", res.ServerDrops)
+			fmt.Fprintf(os.Stderr, "dhcp round %d %-7s offers=%d acks=%d/%d first-try=%d retrans=%d naks=%d dup=%d unmatched=%d p50=%.1fms p99=%.1fms (log %s)\n",
+				r, serverNames[si], res.Offers, res.Acks, res.MACs, res.AcksFirst, res.Retrans, res.Naks, res.DupIPs, res.Unmatched, res.AckP50, res.AckP99, s.log)
+			rep.dhcp[sc][si] = append(rep.dhcp[sc][si], res)
+		}
+	}
+	return nil
+}
+
+type fileDesc struct {
+	name string
+	size int
+}
+
+type report struct {
+	opts              options
+	cmdline           string
+	machine           []string
+	started, finished time.Time
+	tftpFiles         []fileDesc
+	tftp              map[string]*[2][]tftpResult
+	dhcp              [][2][]dhcpResult // per scenario, per server
+}
+
+func machineInfo() []string {
+	var m []string
+	run := func(name string, args ...string) string {
+		out, err := exec.Command(name, args...).Output()
+		if err != nil {
+			return "?"
+		}
+		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	cpu := "?"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				cpu = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	load := "?"
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	m = append(m,
+		fmt.Sprintf("CPU: %s, %d cores visible to Go; load average at start: %s", cpu, runtime.NumCPU(), load),
+		"kernel: "+run("uname", "-srm"),
+		"Go: "+runtime.Version(),
+		"dnsmasq: "+run("dnsmasq", "--version"),
+	)
+	return m
+}
+
+// fsType names the file system holding dir, as df reports it.
+func fsType(dir string) string {
+	out, err := exec.Command("df", "--output=fstype", dir).Output()
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(out))
+	return f[len(f)-1]
+}
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+func (r *report) markdown() string {
+	var b strings.Builder
+	w := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	w("## Run of %s UTC\n\n", r.started.Format("2006-01-02 15:04"))
+	w("Command (repository root, as root): `%s` — took %s.\n\n", strings.TrimSpace(r.cmdline), r.finished.Sub(r.started).Round(time.Second))
+	for _, m := range r.machine {
+		w("- %s\n", m)
+	}
+	w("- Topology: two network namespaces joined by one veth pair (MTU 1500), server %s, client %s; servers run one at a time.\n\n", serverIP, clientIP)
+	if r.tftp != nil {
+		w("### TFTP: %d parallel clients, blksize 1468 asked, every copy's sha256 checked\n\n", r.opts.clients)
+		w("Aggregate throughput (MB = 10^6 bytes) per round; the ratio is of the medians.\n\n")
+		w("Server CPU is the server process's user+system time during the load, summed over the rounds.\n\n")
+		w("| file | dnsmasq MB/s | pumi MB/s | median dnsmasq | median pumi | pumi/dnsmasq | server CPU s d/p | errors d/p |\n|---|---|---|---|---|---|---|---|\n")
+		for _, f := range r.tftpFiles {
+			res := r.tftp[f.name]
+			var cols [2][]string
+			var vals [2][]float64
+			var errs [2]int
+			var cpu [2]float64
+			for si := range 2 {
+				for _, x := range res[si] {
+					cpu[si] += x.ServerCPU
+					cols[si] = append(cols[si], fmt.Sprintf("%.1f", x.MBps))
+					vals[si] = append(vals[si], x.MBps)
+					errs[si] += x.Errors
+				}
+			}
+			md, mp := median(vals[0]), median(vals[1])
+			w("| %s (%d B) | %s | %s | %.1f | %.1f | **%.2f×** | %.2f/%.2f | %d/%d |\n", f.name, f.size,
+				strings.Join(cols[0], ", "), strings.Join(cols[1], ", "), md, mp, mp/md, cpu[0], cpu[1], errs[0], errs[1])
+		}
+		w("\n")
+	}
+	if len(r.dhcp) > 0 {
+		w("### DHCP: %d distinct MACs, DISCOVER→OFFER→REQUEST→ACK, full mode\n\n", r.opts.macs)
+		where := "a temporary directory on " + fsType(os.TempDir())
+		if r.opts.leaseDir != "" {
+			where = r.opts.leaseDir + " (" + fsType(r.opts.leaseDir) + ")"
+		}
+		w("One client socket sends every MAC's first DISCOVER (back to back, or paced); each OFFER is answered with a ")
+		w("REQUEST at once; an unanswered DISCOVER or REQUEST is retransmitted after 4±1 s, then 8±1 s, as real clients ")
+		w("do. Latency per MAC from its first DISCOVER leaving the client to its OFFER / ACK arriving (ms). dnsmasq runs ")
+		w("with `--no-ping` (otherwise it probes each address with ICMP before offering it; pumi does not). Both write ")
+		w("their lease file, in %s. \"Server drops\" are datagrams the server namespace's kernel dropped because the ", where)
+		w("server's socket buffer was full (Udp RcvbufErrors).\n\n")
+		for sc, scen := range dhcpScenarios {
+			res := r.dhcp[sc]
+			w("#### %s\n\n", scen.name)
+			w("| server | round | ACKed | of them 1st try | retrans. | server drops | NAKs | dup. IPs | offer p50 | offer p99 | ACK p50 | ACK p99 | ACK max | last ACK s | server CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+			var p99, p50 [2][]float64
+			var acked [2]int
+			for si := range 2 {
+				for i, x := range res[si] {
+					w("| %s | %d | %d/%d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", serverNames[si], i, x.Acks, x.MACs,
+						x.AcksFirst, x.Retrans, x.ServerDrops, x.Naks, x.DupIPs, x.OfferP50, x.OfferP99, x.AckP50, x.AckP99, x.AckMax, x.Seconds, x.ServerCPU)
+					p99[si] = append(p99[si], x.AckP99)
+					p50[si] = append(p50[si], x.AckP50)
+					acked[si] += x.Acks
+				}
+			}
+			w("\nAll answered: dnsmasq %d/%d, pumi %d/%d. Medians over rounds: ACK p50 dnsmasq %.1f ms, pumi %.1f ms (pumi/dnsmasq **%.2f×**); ",
+				acked[0], len(res[0])*r.opts.macs, acked[1], len(res[1])*r.opts.macs,
+				median(p50[0]), median(p50[1]), median(p50[1])/median(p50[0]))
+			w("ACK p99 dnsmasq %.1f ms, pumi %.1f ms (pumi/dnsmasq **%.2f×**; below 1 means pumi is faster). ",
+				median(p99[0]), median(p99[1]), median(p99[1])/median(p99[0]))
+			w("p50/p99 are over the ACKed MACs only.\n\n")
+		}
+	}
+	return b.String()
+}

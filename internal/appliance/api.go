@@ -1,0 +1,332 @@
+package appliance
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pumi-lab/pumi/internal/clonezilla"
+	"github.com/pumi-lab/pumi/internal/inventory"
+	"github.com/pumi-lab/pumi/internal/macaddr"
+	"github.com/pumi-lab/pumi/internal/store"
+)
+
+// maxBody bounds JSON and CSV request bodies.
+const maxBody = 4 << 20
+
+// apiRoutes registers the JSON API. Every route needs the admin API token
+// (Authorization: Bearer <token>, the token is in <state>/api-token), except
+// the Clonezilla report, which has its own per-seat token.
+func (a *App) apiRoutes(mux *http.ServeMux) {
+	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
+		mux.Handle(pattern, a.requireAdmin(func(w http.ResponseWriter, r *http.Request) {
+			if err := fn(w, r); err != nil {
+				a.apiError(w, r, err)
+			}
+		}))
+	}
+	h("GET /api/v1/status", a.apiStatus)
+	h("GET /api/v1/config", a.apiGetConfig)
+	h("PUT /api/v1/config", a.apiPutConfig)
+	h("GET /api/v1/seats", a.apiSeats)
+	h("GET /api/v1/seats.csv", a.apiSeatsCSV)
+	h("POST /api/v1/seats/import", a.apiImportSeats)
+	h("GET /api/v1/images", a.apiImages)
+	h("POST /api/v1/live/import", a.apiImportLive)
+	h("GET /api/v1/assignments", a.apiAssignments)
+	h("POST /api/v1/assignments", a.apiAssign)
+	h("DELETE /api/v1/assignments/{mac}", a.apiUnassign)
+	h("GET /api/v1/seen", a.apiSeen)
+	h("GET /api/v1/events", a.apiEvents)
+	mux.HandleFunc("/api/v1/clonezilla/report", a.handleReport)
+}
+
+func (a *App) requireAdmin(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.apiToken)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="pumi"`)
+			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API token (see <state dir>/api-token)"})
+			return
+		}
+		next(w, r)
+	})
+}
+
+// httpError carries a status code through a handler's error return.
+type httpError struct {
+	code int
+	err  error
+	body any
+}
+
+func (e *httpError) Error() string { return e.err.Error() }
+func (e *httpError) Unwrap() error { return e.err }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{code: http.StatusBadRequest, err: fmt.Errorf(format, args...)}
+}
+
+func (a *App) apiError(w http.ResponseWriter, r *http.Request, err error) {
+	code := http.StatusInternalServerError
+	var he *httpError
+	var body any = map[string]string{"error": err.Error()}
+	switch {
+	case errors.As(err, &he):
+		code = he.code
+		if he.body != nil {
+			body = he.body
+		}
+	case errors.Is(err, errConfig), errors.Is(err, inventory.ErrInvalid), errors.Is(err, clonezilla.ErrUnsafe),
+		errors.Is(err, clonezilla.ErrBadLiveZip):
+		code = http.StatusBadRequest
+	case errors.Is(err, inventory.ErrNotFound):
+		code = http.StatusNotFound
+	case errors.Is(err, inventory.ErrDuplicate):
+		code = http.StatusConflict
+	}
+	if code >= 500 {
+		a.log.Error("api", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	writeJSON(w, code, body)
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+}
+
+func decodeJSON(r *http.Request, v any) error {
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("request body: %v", err)
+	}
+	return nil
+}
+
+func (a *App) apiStatus(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusOK, a.Status())
+	return nil
+}
+
+func (a *App) apiGetConfig(w http.ResponseWriter, r *http.Request) error {
+	cfg, err := a.Config(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, cfg)
+	return nil
+}
+
+func (a *App) apiPutConfig(w http.ResponseWriter, r *http.Request) error {
+	var cfg Config
+	if err := decodeJSON(r, &cfg); err != nil {
+		return err
+	}
+	if err := a.SetConfig(r.Context(), cfg); err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, cfg)
+	return nil
+}
+
+func (a *App) apiSeats(w http.ResponseWriter, r *http.Request) error {
+	seats, err := a.inv.Seats(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, seats)
+	return nil
+}
+
+func (a *App) apiSeatsCSV(w http.ResponseWriter, r *http.Request) error {
+	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
+	w.Header().Set("Content-Disposition", `attachment; filename="pumi-seats.csv"`)
+	return a.inv.Export(r.Context(), w)
+}
+
+func (a *App) apiImportSeats(w http.ResponseWriter, r *http.Request) error {
+	mode := inventory.Merge
+	switch r.URL.Query().Get("mode") {
+	case "", "merge":
+	case "replace":
+		mode = inventory.Replace
+	default:
+		return badRequest("mode must be merge or replace")
+	}
+	res, err := a.inv.Import(r.Context(), io.LimitReader(r.Body, maxBody), mode)
+	var ie *inventory.ImportError
+	if errors.As(err, &ie) {
+		return &httpError{code: http.StatusUnprocessableEntity, err: err,
+			body: map[string]any{"error": "nothing was imported: fix these rows", "rows": ie.Rows}}
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (a *App) apiImages(w http.ResponseWriter, r *http.Request) error {
+	cfg, err := a.Config(r.Context())
+	if err != nil {
+		return err
+	}
+	if cfg.Repository == "" {
+		return badRequest("no image repository configured")
+	}
+	res, err := clonezilla.Scan(r.Context(), cfg.Repository, clonezilla.ScanOptions{})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, res)
+	return nil
+}
+
+func (a *App) apiImportLive(w http.ResponseWriter, r *http.Request) error {
+	var req struct {
+		Zip string `json:"zip"` // path relative to the repository root
+	}
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	lf, err := a.ImportLive(r.Context(), req.Zip)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, lf)
+	return nil
+}
+
+// assignmentView is an Assignment as the API shows it: without the token.
+type assignmentView struct {
+	MAC, RunID, Image, Disk, State, Reason string
+	Action                                 Action
+	Boots                                  int
+	Created, Updated                       time.Time
+	LogFile                                string `json:",omitempty"`
+}
+
+func viewOf(a Assignment) assignmentView {
+	return assignmentView{MAC: a.MAC, RunID: a.RunID, Image: a.Image, Disk: a.Disk, State: a.State, Reason: a.Reason,
+		Action: a.Action, Boots: a.Boots, Created: a.Created, Updated: a.Updated, LogFile: a.LogFile}
+}
+
+func (a *App) apiAssignments(w http.ResponseWriter, r *http.Request) error {
+	var out []assignmentView
+	err := a.st.View(r.Context(), func(tx *store.Tx) error {
+		return assignmentBucket.ForEach(tx, func(_ string, v Assignment) error {
+			out = append(out, viewOf(v))
+			return nil
+		})
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// AssignRequest asks pumi to restore (or capture) seats on their next
+// network boot.
+type AssignRequest struct {
+	RunID  string   `json:"run_id,omitempty"`
+	Action Action   `json:"action"`
+	Image  string   `json:"image"`
+	MACs   []string `json:"macs,omitempty"`
+	Room   string   `json:"room,omitempty"`
+	Disk   string   `json:"disk,omitempty"`
+}
+
+func (a *App) apiAssign(w http.ResponseWriter, r *http.Request) error {
+	var req AssignRequest
+	if err := decodeJSON(r, &req); err != nil {
+		return err
+	}
+	got, err := a.Assign(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	views := make([]assignmentView, len(got))
+	for i, g := range got {
+		views[i] = viewOf(g)
+	}
+	writeJSON(w, http.StatusOK, views)
+	return nil
+}
+
+func (a *App) apiUnassign(w http.ResponseWriter, r *http.Request) error {
+	m, err := macaddr.Parse(r.PathValue("mac"))
+	if err != nil {
+		return badRequest("%v", err)
+	}
+	err = a.st.Update(r.Context(), func(tx *store.Tx) error {
+		asg, ok, err := assignmentBucket.Get(tx, m.String())
+		if err != nil || !ok {
+			return err
+		}
+		if err := assignmentBucket.Delete(tx, m.String()); err != nil {
+			return err
+		}
+		return addEvent(tx, Event{MAC: asg.MAC, RunID: asg.RunID, Kind: "cancelled", Message: "job cancelled by the admin"})
+	})
+	if err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *App) apiSeen(w http.ResponseWriter, r *http.Request) error {
+	var out []Seen
+	err := a.st.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		out, err = seenBucket.List(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+func (a *App) apiEvents(w http.ResponseWriter, r *http.Request) error {
+	var out []Event
+	err := a.st.View(r.Context(), func(tx *store.Tx) error {
+		var err error
+		out, err = eventBucket.List(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	// Newest last, at most the last 1000.
+	if len(out) > 1000 {
+		out = out[len(out)-1000:]
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// relRepo checks a path given relative to the repository root.
+func relRepo(root, rel string) (string, error) {
+	if root == "" {
+		return "", badRequest("no image repository configured")
+	}
+	clean := filepath.Clean("/" + rel)
+	if rel == "" || clean == "/" || strings.Contains(rel, "..") {
+		return "", badRequest("path %q must name a file inside the repository", rel)
+	}
+	return filepath.Join(root, clean), nil
+}

@@ -1,0 +1,357 @@
+package appliance
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testApp is an appliance running on loopback with a fresh state directory.
+type testApp struct {
+	t      *testing.T
+	app    *App
+	dir    string
+	base   string
+	ocs    string
+	token  string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+func startApp(t *testing.T, dir string) *testApp {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	app, err := Open(ctx, Options{StateDir: dir, Listen: "127.0.0.1:0", NFSListen: "127.0.0.1:0", OCSListen: "127.0.0.1:0",
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	ta := &testApp{t: t, app: app, dir: dir, cancel: cancel, done: make(chan error, 1)}
+	go func() { ta.done <- app.Serve(ctx) }()
+	select {
+	case <-app.Ready():
+	case err := <-ta.done:
+		t.Fatalf("Serve: %v", err)
+	}
+	h, o, _ := app.Addrs()
+	ta.base, ta.ocs = "http://"+h.String(), o.String()
+	tok, err := os.ReadFile(filepath.Join(dir, "api-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ta.token = strings.TrimSpace(string(tok))
+	t.Cleanup(ta.stop)
+	return ta
+}
+
+func (ta *testApp) stop() {
+	if ta.cancel == nil {
+		return
+	}
+	ta.cancel()
+	<-ta.done
+	ta.app.Close()
+	ta.cancel = nil
+}
+
+// do sends an API request and returns status and body.
+func (ta *testApp) do(method, path, ctype string, body []byte, auth bool) (int, string) {
+	ta.t.Helper()
+	req, err := http.NewRequest(method, ta.base+path, bytes.NewReader(body))
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	if auth {
+		req.Header.Set("Authorization", "Bearer "+ta.token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		ta.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func (ta *testApp) mustDo(method, path, ctype string, body []byte) string {
+	ta.t.Helper()
+	code, out := ta.do(method, path, ctype, body, true)
+	if code != http.StatusOK && code != http.StatusNoContent {
+		ta.t.Fatalf("%s %s: %d %s", method, path, code, out)
+	}
+	return out
+}
+
+func jsonBody(t *testing.T, v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// repoWithLiveZip copies the real Clonezilla image folders made by ocs-sr
+// (internal/clonezilla/testdata/repo) and adds a Clonezilla-live-shaped zip.
+func repoWithLiveZip(t *testing.T) string {
+	repo := filepath.Join(t.TempDir(), "repo")
+	if err := os.CopyFS(repo, os.DirFS("../clonezilla/testdata/repo")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Create(filepath.Join(repo, "clonezilla-live-3.3.0-33-amd64.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw := zip.NewWriter(f)
+	kernel := make([]byte, 0x400)
+	copy(kernel[0x202:], "HdrS")
+	files := map[string][]byte{
+		"live/vmlinuz":             kernel,
+		"live/initrd.img":          bytes.Repeat([]byte("initrd"), 100),
+		"live/filesystem.squashfs": append([]byte("hsqs"), bytes.Repeat([]byte{7}, 70000)...),
+		"Clonezilla-Live-Version":  []byte("clonezilla-live-3.3.0-33-amd64\n"),
+	}
+	for name, data := range files {
+		w, err := zw.Create(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(data)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	return repo
+}
+
+const (
+	mac1 = "52:54:00:00:00:01"
+	mac2 = "52:54:00:00:00:02"
+	mac3 = "52:54:00:00:00:03"
+)
+
+// setupLab configures an appliance as an admin would through the API:
+// repository, live files, inventory, and a restore of LAB-A-img on room lab.
+func setupLab(t *testing.T, ta *testApp) (liveVersion string) {
+	repo := repoWithLiveZip(t)
+	ta.mustDo("PUT", "/api/v1/config", "application/json", jsonBody(t, map[string]any{
+		"netboot":    map[string]any{"mode": "off", "server_ip": "127.0.0.1"},
+		"repository": repo,
+	}))
+	out := ta.mustDo("POST", "/api/v1/live/import", "application/json", []byte(`{"zip":"clonezilla-live-3.3.0-33-amd64.zip"}`))
+	var lf struct{ Version string }
+	json.Unmarshal([]byte(out), &lf)
+	if lf.Version == "" {
+		t.Fatalf("live import: %s", out)
+	}
+	// The seed's CSV format (MAC, IP, user) with the optional hostname and
+	// room columns, MACs spelled three ways.
+	csv := "mac,ip,user,hostname,room\n" +
+		"52-54-00-00-00-01,10.99.0.11,alumno,pc01,lab\n" +
+		"5254.0000.0002,10.99.0.12,alumno,pc02,lab\n" +
+		"525400000003,10.99.0.13,alumno,pc03,office\n"
+	ta.mustDo("POST", "/api/v1/seats/import", "text/csv", []byte(csv))
+	ta.mustDo("POST", "/api/v1/assignments", "application/json", []byte(`{"action":"restore","image":"LAB-A-img","room":"lab","run_id":"run1"}`))
+	return lf.Version
+}
+
+func script(t *testing.T, ta *testApp, mac string) (int, string) {
+	return ta.do("GET", "/boot/"+mac+".ipxe", "", nil, false)
+}
+
+func TestBootScriptsPerMAC(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	ver := setupLab(t, ta)
+
+	code, s := script(t, ta, "52-54-00-00-00-01")
+	if code != 200 {
+		t.Fatalf("seat 1: %d %s", code, s)
+	}
+	for _, want := range []string{
+		"kernel " + ta.base + "/live/" + ver + "/vmlinuz initrd=initrd.img ",
+		"initrd " + ta.base + "/live/" + ver + "/initrd.img",
+		"fetch=" + ta.base + "/live/" + ver + "/filesystem.squashfs",
+		"restoredisk LAB-A-img 1st-disk",
+		"BOOTIF=01-52-54-00-00-00-01",
+		"ocs_live_batch=yes",
+		"locales=en_US.UTF-8",
+		"keyboard-layouts=us",
+		"127.0.0.1:/images /home/partimag",
+		"-p reboot",
+		"\nboot",
+	} {
+		if !strings.Contains(s, want) {
+			t.Errorf("seat 1 script lacks %q:\n%s", want, s)
+		}
+	}
+	// Seat 3 is known but has nothing to do; an unknown MAC is never imaged.
+	for mac, reason := range map[string]string{"52:54:00:00:00:03": "nothing to do", "52:54:00:99:99:99": "unknown MAC"} {
+		code, s := script(t, ta, mac)
+		if code != 200 || !strings.Contains(s, "exit 1") || !strings.Contains(s, reason) || strings.Contains(s, "kernel") {
+			t.Errorf("%s: want exit (%s), got %d:\n%s", mac, reason, code, s)
+		}
+	}
+	if code, _ := script(t, ta, "52-54-00-zz"); code != http.StatusBadRequest {
+		t.Errorf("malformed MAC: status %d, want 400", code)
+	}
+
+	// The live files are served with Range for live-boot and iPXE.
+	req, _ := http.NewRequest("GET", ta.base+"/live/"+ver+"/filesystem.squashfs", nil)
+	req.Header.Set("Range", "bytes=0-3")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusPartialContent || string(b) != "hsqs" {
+		t.Errorf("range request: %d %q", resp.StatusCode, b)
+	}
+}
+
+var tokenRE = regexp.MustCompile(`pumi_token=([A-Za-z0-9_-]+)`)
+
+func TestRestoreLifecycleAndRestart(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	ta := startApp(t, dir)
+	setupLab(t, ta)
+
+	_, s := script(t, ta, mac1)
+	m := tokenRE.FindStringSubmatch(s)
+	if m == nil {
+		t.Fatalf("no token in script:\n%s", s)
+	}
+	tok := m[1]
+	_, s2 := script(t, ta, mac2)
+	tok2 := tokenRE.FindStringSubmatch(s2)[1]
+	if tok == tok2 {
+		t.Fatal("two seats share a token")
+	}
+
+	// Another host cannot report for the seat.
+	if code, _ := ta.do("GET", "/api/v1/clonezilla/report?token=forgedforgedforgedforged&status=finished", "", nil, false); code != http.StatusForbidden {
+		t.Errorf("forged token: %d, want 403", code)
+	}
+	if code, out := ta.do("GET", "/api/v1/clonezilla/report?token="+tok+"&status=started", "", nil, false); code != 200 {
+		t.Fatalf("started: %d %s", code, out)
+	}
+
+	// The appliance restarts in the middle of the restore (power cut): the
+	// job survives, and a seat that boots again is restored again.
+	ta.stop()
+	ta = startApp(t, dir)
+	_, s = script(t, ta, mac1)
+	if !strings.Contains(s, "restoredisk LAB-A-img") {
+		t.Fatalf("after restart, seat 1 must still get the restore:\n%s", s)
+	}
+	tok = tokenRE.FindStringSubmatch(s)[1]
+
+	// Clonezilla's own ocs_server line (from the seat's address), then the
+	// tokened "finished" report with the log.
+	c, err := net.Dial("tcp", ta.ocs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "127.0.0.1,%s,,,,Unicast restored LAB-A-img, nvme0n1p1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", mac1)
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out := ta.mustDo("GET", "/api/v1/events", "", nil)
+		if strings.Contains(out, "Clonezilla reported") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ocs_server line not recorded: %s", out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if code, out := ta.do("POST", "/api/v1/clonezilla/report?token="+tok+"&status=finished", "application/x-www-form-urlencoded",
+		[]byte("Starting /usr/sbin/ocs-sr at ...\nEnding /usr/sbin/ocs-sr at ...\n"), false); code != 200 {
+		t.Fatalf("finished: %d %s", code, out)
+	}
+	// Seat 2 finished without Clonezilla's success line and with a failure
+	// in its log: failed, with the reason from the log.
+	ta.do("POST", "/api/v1/clonezilla/report?token="+tok2+"&status=finished", "", []byte("Failed to restore partition image file /home/partimag/LAB-A-img/nvme0n1p2\n"), false)
+
+	ta.stop()
+	ta = startApp(t, dir)
+	if _, s := script(t, ta, mac1); !strings.Contains(s, "exit 1") {
+		t.Errorf("restored seat must boot its disk now:\n%s", s)
+	}
+	var asgs []assignmentView
+	json.Unmarshal([]byte(ta.mustDo("GET", "/api/v1/assignments", "", nil)), &asgs)
+	got := map[string]assignmentView{}
+	for _, a := range asgs {
+		got[a.MAC] = a
+	}
+	if a := got[mac1]; a.State != StateDone || a.Boots != 2 || a.LogFile == "" {
+		t.Errorf("seat 1: %+v, want done after 2 boots with a log", a)
+	}
+	if a := got[mac2]; a.State != StateFailed || !strings.Contains(a.Reason, "Failed to restore") {
+		t.Errorf("seat 2: %+v, want failed with the log's reason", a)
+	}
+	if strings.Contains(ta.mustDo("GET", "/api/v1/assignments", "", nil), tok) {
+		t.Error("the API must never show report tokens")
+	}
+}
+
+func TestAPIRefusesWithoutToken(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	for _, r := range []struct{ method, path string }{
+		{"GET", "/api/v1/status"}, {"GET", "/api/v1/config"}, {"PUT", "/api/v1/config"}, {"GET", "/api/v1/seats"},
+		{"POST", "/api/v1/seats/import"}, {"GET", "/api/v1/images"}, {"POST", "/api/v1/live/import"},
+		{"GET", "/api/v1/assignments"}, {"POST", "/api/v1/assignments"}, {"DELETE", "/api/v1/assignments/52:54:00:00:00:01"},
+		{"GET", "/api/v1/seen"}, {"GET", "/api/v1/events"}, {"GET", "/api/v1/seats.csv"},
+	} {
+		if code, _ := ta.do(r.method, r.path, "application/json", []byte("{}"), false); code != http.StatusUnauthorized {
+			t.Errorf("%s %s without token: %d, want 401", r.method, r.path, code)
+		}
+	}
+}
+
+func TestBadInputChangesNothing(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	before := ta.mustDo("GET", "/api/v1/config", "", nil)
+	for _, body := range []string{
+		`{"netboot":{"mode":"full","interface":"eth0"}}`, // no subnet/range
+		`{"netboot":{"mode":"sideways"}}`,                // bad mode
+		`{"repository":"relative/path"}`,                 // not absolute
+		`{"repository":"/nonexistent/pumi-repo"}`,        // missing
+		`{"netboot":{"mode":"off"},"bogus":1}`,           // unknown field
+		`{"netboot":{"mode":"full","interface":"x","subnet":"10.1.0.0/24","range_start":"10.2.0.1","range_end":"10.2.0.9"}}`,
+	} {
+		if code, out := ta.do("PUT", "/api/v1/config", "application/json", []byte(body), true); code != http.StatusBadRequest {
+			t.Errorf("config %s: %d %s, want 400", body, code, out)
+		}
+	}
+	if after := ta.mustDo("GET", "/api/v1/config", "", nil); after != before {
+		t.Errorf("a refused config changed the state:\n%s\n%s", before, after)
+	}
+	// A CSV with one bad row imports nothing and names the row.
+	code, out := ta.do("POST", "/api/v1/seats/import", "text/csv", []byte("52:54:00:00:00:01,10.0.0.1,alumno\nnot-a-mac,10.0.0.2,alumno\n"), true)
+	if code != http.StatusUnprocessableEntity || !strings.Contains(out, `"Line": 2`) {
+		t.Errorf("bad CSV: %d %s", code, out)
+	}
+	if seats := ta.mustDo("GET", "/api/v1/seats", "", nil); strings.Contains(seats, "52:54:00:00:00:01") {
+		t.Errorf("a refused import added seats: %s", seats)
+	}
+	if code, _ := ta.do("POST", "/api/v1/assignments", "application/json", []byte(`{"action":"restore","image":"../etc","macs":["52:54:00:00:00:01"]}`), true); code != http.StatusBadRequest {
+		t.Errorf("image path escape accepted: %d", code)
+	}
+}

@@ -1,0 +1,150 @@
+package appliance
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/pumi-lab/pumi/internal/netboot"
+)
+
+// Config is the appliance's settings, kept in the state file and edited
+// through the API (later the setup page). The zero value is the safe default:
+// netboot off, no repository.
+type Config struct {
+	Netboot NetbootSettings `json:"netboot"`
+	// Repository is the image repository: a folder (on gokrazy usually a
+	// mounted disk or a folder below /perm) holding Clonezilla image folders
+	// at any depth. It is exported read-only over NFS as /images.
+	Repository string `json:"repository,omitempty"`
+	// LiveVersion picks the imported Clonezilla live file set (a folder
+	// below <state>/live) that seats boot.
+	LiveVersion string `json:"live_version,omitempty"`
+	// TargetDisk is the disk Clonezilla restores onto ("" = the first disk).
+	TargetDisk string `json:"target_disk,omitempty"`
+	// Console, e.g. "ttyS0,115200", adds a serial console to Clonezilla's
+	// command line (useful for VMs and for labs with serial consoles).
+	Console string `json:"console,omitempty"`
+}
+
+// NetbootSettings is what the admin sets for DHCP/TFTP on the lab interface.
+type NetbootSettings struct {
+	Mode      string     `json:"mode"`                // off, proxy or full
+	Interface string     `json:"interface,omitempty"` // lab interface
+	ServerIP  netip.Addr `json:"server_ip,omitzero"`  // pumi's address there; zero: the interface's first IPv4
+	// HTTPBase is the URL lab PCs reach pumi's HTTP server at; empty means
+	// http://<ServerIP>:<HTTP port>.
+	HTTPBase string `json:"http_base,omitempty"`
+
+	// full mode
+	Subnet     netip.Prefix `json:"subnet,omitzero"`
+	RangeStart netip.Addr   `json:"range_start,omitzero"`
+	RangeEnd   netip.Addr   `json:"range_end,omitzero"`
+	Router     netip.Addr   `json:"router,omitzero"`
+	DNS        []netip.Addr `json:"dns,omitempty"`
+	LeaseTime  Duration     `json:"lease_time,omitzero"`
+}
+
+var errConfig = errors.New("invalid configuration")
+
+// Validate checks what can be checked without touching the network; the
+// netboot server checks the rest (interface exists, address on it) when it
+// starts and its error is shown in the status.
+func (c Config) Validate() error {
+	var probs []string
+	mode, err := netboot.ParseMode(c.Netboot.Mode)
+	if err != nil {
+		probs = append(probs, err.Error())
+	}
+	if mode == netboot.ModeProxy || mode == netboot.ModeFull {
+		if c.Netboot.Interface == "" {
+			probs = append(probs, "netboot needs the lab interface (netboot.interface)")
+		}
+		if c.Netboot.ServerIP.IsValid() && !c.Netboot.ServerIP.Is4() {
+			probs = append(probs, "netboot.server_ip must be an IPv4 address")
+		}
+		if c.Netboot.HTTPBase != "" && !strings.HasPrefix(c.Netboot.HTTPBase, "http://") {
+			probs = append(probs, "netboot.http_base must start with http:// (iPXE and Clonezilla fetch over plain HTTP)")
+		}
+	}
+	if mode == netboot.ModeFull {
+		n := c.Netboot
+		switch {
+		case !n.Subnet.IsValid() || !n.Subnet.Addr().Is4():
+			probs = append(probs, "full DHCP needs the lab subnet (netboot.subnet, e.g. 10.20.0.0/24)")
+		case !n.RangeStart.IsValid() || !n.RangeEnd.IsValid():
+			probs = append(probs, "full DHCP needs an address range (netboot.range_start, netboot.range_end)")
+		case !n.Subnet.Contains(n.RangeStart) || !n.Subnet.Contains(n.RangeEnd):
+			probs = append(probs, fmt.Sprintf("address range %v-%v is not inside subnet %v", n.RangeStart, n.RangeEnd, n.Subnet))
+		case n.RangeEnd.Less(n.RangeStart):
+			probs = append(probs, "range_end is before range_start")
+		}
+	}
+	if c.Repository != "" && !filepath.IsAbs(c.Repository) {
+		probs = append(probs, "repository must be an absolute path")
+	}
+	if strings.ContainsAny(c.LiveVersion, "/\\") || c.LiveVersion == ".." || c.LiveVersion == "." {
+		probs = append(probs, "live_version must be a folder name below the live directory")
+	}
+	if len(probs) > 0 {
+		return fmt.Errorf("%w: %s", errConfig, strings.Join(probs, "; "))
+	}
+	return nil
+}
+
+// netbootConfig turns the settings into netboot's Config; seats with an IP
+// become DHCP reservations so that full mode hands each PC its inventory
+// address.
+func (c Config) netbootConfig(httpPort int, reservations []netboot.Reservation) (netboot.Config, error) {
+	mode, err := netboot.ParseMode(c.Netboot.Mode)
+	if err != nil {
+		return netboot.Config{}, err
+	}
+	n := c.Netboot
+	cfg := netboot.Config{
+		Interface:  n.Interface,
+		Mode:       mode,
+		ServerIP:   n.ServerIP,
+		HTTPBase:   n.HTTPBase,
+		RangeStart: n.RangeStart,
+		RangeEnd:   n.RangeEnd,
+		Netmask:    n.Subnet,
+		Router:     n.Router,
+		DNS:        n.DNS,
+		LeaseTime:  time.Duration(n.LeaseTime),
+	}
+	if mode == netboot.ModeFull {
+		for _, r := range reservations {
+			if n.Subnet.Contains(r.IP) {
+				cfg.Reservations = append(cfg.Reservations, r)
+			}
+		}
+	}
+	if cfg.HTTPBase == "" && cfg.ServerIP.IsValid() {
+		cfg.HTTPBase = fmt.Sprintf("http://%s:%d", cfg.ServerIP, httpPort)
+	}
+	return cfg, nil
+}
+
+// Duration is a time.Duration written as text ("12h", "30m") in JSON, so the
+// config stays readable.
+type Duration time.Duration
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("duration %q: want e.g. 12h or 30m: %w", b, err)
+	}
+	if v < 0 {
+		return fmt.Errorf("duration %q must not be negative", b)
+	}
+	*d = Duration(v)
+	return nil
+}

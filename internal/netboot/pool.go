@@ -1,0 +1,204 @@
+package netboot
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+)
+
+// How long an address stays held for a client that was OFFERed it but has not
+// yet REQUESTed it, and how long an address a client DECLINEd (someone else
+// answers ARP for it) is kept out of the pool.
+const (
+	offerHold   = time.Minute
+	declineHold = 10 * time.Minute
+)
+
+// entry is one MAC's address: offered (held briefly) or bound (committed and
+// persisted).
+type entry struct {
+	mac      string
+	ip       netip.Addr
+	expiry   time.Time
+	bound    bool
+	hostname string
+}
+
+// pool is the full-mode address book. It is not safe for concurrent use; the
+// handler serialises access.
+type pool struct {
+	subnet     netip.Prefix
+	start, end netip.Addr
+	serverIP   netip.Addr
+	router     netip.Addr
+	leaseTime  time.Duration
+
+	reservedByMAC map[string]Reservation
+	reservedByIP  map[netip.Addr]string // ip -> mac
+	byMAC         map[string]*entry
+	byIP          map[netip.Addr]*entry
+	declined      map[netip.Addr]time.Time // ip -> usable again after
+}
+
+func newPool(cfg Config) *pool {
+	p := &pool{
+		subnet:        cfg.Netmask.Masked(),
+		start:         cfg.RangeStart,
+		end:           cfg.RangeEnd,
+		serverIP:      cfg.ServerIP,
+		router:        cfg.Router,
+		leaseTime:     cfg.LeaseTime,
+		reservedByMAC: map[string]Reservation{},
+		reservedByIP:  map[netip.Addr]string{},
+		byMAC:         map[string]*entry{},
+		byIP:          map[netip.Addr]*entry{},
+		declined:      map[netip.Addr]time.Time{},
+	}
+	if p.leaseTime == 0 {
+		p.leaseTime = DefaultLeaseTime
+	}
+	for _, r := range cfg.Reservations {
+		p.reservedByMAC[r.MAC.String()] = r
+		p.reservedByIP[r.IP] = r.MAC.String()
+	}
+	return p
+}
+
+// restore puts a persisted lease back. It returns an error (and keeps
+// nothing) when the configuration changed so the lease no longer fits.
+func (p *pool) restore(l Lease) error {
+	mac := l.MAC.String()
+	if len(l.MAC) != 6 || !l.IP.Is4() {
+		return fmt.Errorf("lease %s -> %s is malformed", mac, l.IP)
+	}
+	if r, ok := p.reservedByMAC[mac]; ok && r.IP != l.IP {
+		return fmt.Errorf("lease %s -> %s: the MAC is now reserved %s", mac, l.IP, r.IP)
+	}
+	if !p.assignable(l.IP, mac) {
+		return fmt.Errorf("lease %s -> %s is outside the range or reserved for another MAC", mac, l.IP)
+	}
+	if e, ok := p.byIP[l.IP]; ok && e.mac != mac {
+		return fmt.Errorf("lease %s -> %s: the address is already leased to %s", mac, l.IP, e.mac)
+	}
+	p.set(&entry{mac: mac, ip: l.IP, expiry: l.Expiry, bound: true, hostname: l.Hostname})
+	return nil
+}
+
+func (p *pool) set(e *entry) {
+	if old, ok := p.byMAC[e.mac]; ok && p.byIP[old.ip] == old {
+		delete(p.byIP, old.ip)
+	}
+	p.byMAC[e.mac] = e
+	p.byIP[e.ip] = e
+}
+
+func (p *pool) drop(mac string) {
+	if e, ok := p.byMAC[mac]; ok {
+		if p.byIP[e.ip] == e {
+			delete(p.byIP, e.ip)
+		}
+		delete(p.byMAC, mac)
+	}
+}
+
+func (p *pool) inRange(ip netip.Addr) bool {
+	return ip.Is4() && !ip.Less(p.start) && !p.end.Less(ip)
+}
+
+// assignable: ip may be given to mac by configuration (its reservation, or a
+// range address that is not reserved for anyone and not the server's own).
+func (p *pool) assignable(ip netip.Addr, mac string) bool {
+	if owner, ok := p.reservedByIP[ip]; ok {
+		return owner == mac
+	}
+	if _, ok := p.reservedByMAC[mac]; ok {
+		return false // a reserved MAC gets its reservation and nothing else
+	}
+	return p.inRange(ip) && ip != p.serverIP && ip != p.router
+}
+
+// free: ip is assignable to mac and nobody else holds it right now.
+func (p *pool) free(ip netip.Addr, mac string, now time.Time) bool {
+	if !p.assignable(ip, mac) {
+		return false
+	}
+	if until, ok := p.declined[ip]; ok {
+		if now.Before(until) {
+			return false
+		}
+		delete(p.declined, ip)
+	}
+	e, ok := p.byIP[ip]
+	return !ok || e.mac == mac || !now.Before(e.expiry)
+}
+
+// choose picks the address to offer mac: its reservation, its current or
+// previous address, the address it asks for, else the lowest free one,
+// preferring addresses never used over expired ones so a PC that was off for
+// a while usually gets its old address back. ok=false: pool exhausted.
+func (p *pool) choose(mac string, requested netip.Addr, now time.Time) (netip.Addr, bool) {
+	if r, ok := p.reservedByMAC[mac]; ok {
+		return r.IP, true
+	}
+	if e, ok := p.byMAC[mac]; ok && p.free(e.ip, mac, now) {
+		return e.ip, true
+	}
+	if requested.IsValid() && p.free(requested, mac, now) {
+		return requested, true
+	}
+	var expired netip.Addr
+	for v := addrToU32(p.start); v <= addrToU32(p.end) && v != 0; v++ {
+		ip := u32ToAddr(v)
+		if !p.free(ip, mac, now) {
+			continue
+		}
+		if _, used := p.byIP[ip]; !used {
+			return ip, true
+		}
+		if !expired.IsValid() {
+			expired = ip
+		}
+		if v == ^uint32(0) {
+			break
+		}
+	}
+	return expired, expired.IsValid()
+}
+
+// offer holds ip for mac for offerHold, unless mac already has a bound
+// lease on it (that lease stays as it is).
+func (p *pool) offer(mac string, ip netip.Addr, now time.Time) {
+	if e, ok := p.byMAC[mac]; ok && e.bound && e.ip == ip && now.Before(e.expiry) {
+		return
+	}
+	if e, ok := p.byIP[ip]; ok && e.mac != mac {
+		p.drop(e.mac) // an expired lease being reclaimed
+	}
+	p.set(&entry{mac: mac, ip: ip, expiry: now.Add(offerHold)})
+}
+
+// commit binds ip to mac for the lease time and returns the lease to persist.
+func (p *pool) commit(mac net.HardwareAddr, ip netip.Addr, now time.Time) Lease {
+	m := mac.String()
+	if e, ok := p.byIP[ip]; ok && e.mac != m {
+		p.drop(e.mac)
+	}
+	host := p.reservedByMAC[m].Hostname
+	p.set(&entry{mac: m, ip: ip, expiry: now.Add(p.leaseTime), bound: true, hostname: host})
+	return Lease{MAC: mac, IP: ip, Expiry: now.Add(p.leaseTime), Hostname: host}
+}
+
+// leasedTo returns the address mac currently holds (offered or bound and not
+// expired).
+func (p *pool) leasedTo(mac string, now time.Time) (netip.Addr, bool) {
+	e, ok := p.byMAC[mac]
+	if !ok || !now.Before(e.expiry) {
+		return netip.Addr{}, false
+	}
+	return e.ip, true
+}
+
+func (p *pool) decline(ip netip.Addr, now time.Time) {
+	p.declined[ip] = now.Add(declineHold)
+}

@@ -1,0 +1,402 @@
+package netboot
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/insomniacslk/dhcp/dhcpv4"
+	"github.com/insomniacslk/dhcp/iana"
+)
+
+// DHCP ports.
+const (
+	PortServer = 67
+	PortClient = 68
+	PortPXE    = 4011 // PXE boot server discovery (proxy mode)
+)
+
+// handler turns one request into at most one reply. It owns the lease pool;
+// a mutex serialises requests because every decision reads and writes it.
+type handler struct {
+	mode     Mode
+	httpBase string
+	adm      Admission
+	leases   LeaseStore
+	log      *slog.Logger
+	now      func() time.Time
+
+	mu       sync.Mutex
+	serverIP netip.Addr // fixed before serving (Listen fills a zero one in)
+	pool     *pool      // full mode only
+	netmask  net.IPMask
+	router   netip.Addr
+	dns      []net.IP
+}
+
+func newHandler(cfg Config, adm Admission, leases LeaseStore, log *slog.Logger, now func() time.Time) (*handler, error) {
+	h := &handler{
+		mode:     cfg.Mode,
+		httpBase: cfg.HTTPBase,
+		adm:      adm,
+		leases:   leases,
+		log:      log,
+		now:      now,
+		serverIP: cfg.ServerIP,
+	}
+	if cfg.Mode != ModeFull {
+		return h, nil
+	}
+	h.pool = newPool(cfg)
+	h.netmask = net.CIDRMask(cfg.Netmask.Bits(), 32)
+	h.router = cfg.Router
+	for _, d := range cfg.DNS {
+		h.dns = append(h.dns, net.IP(d.AsSlice()))
+	}
+	saved, err := leases.Load()
+	if err != nil {
+		return nil, fmt.Errorf("netboot: loading leases: %w", err)
+	}
+	for _, l := range saved {
+		if err := h.pool.restore(l); err != nil {
+			// The configuration changed under the lease; forgetting it is
+			// safe (the PC is NAKed on renewal and asks again).
+			log.Warn("dropping stored lease that no longer fits the configuration", "err", err)
+			if err := leases.Delete(l.MAC); err != nil {
+				return nil, fmt.Errorf("netboot: dropping stale lease %s: %w", l.MAC, err)
+			}
+		}
+	}
+	log.Info("leases loaded", "count", len(h.pool.byMAC))
+	return h, nil
+}
+
+// setServerIP fixes the address used as server identifier and next-server.
+func (h *handler) setServerIP(ip netip.Addr) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.serverIP = ip
+	if h.pool != nil {
+		h.pool.serverIP = ip
+	}
+}
+
+// reply answers req, which arrived on UDP port. A nil reply (and nil error)
+// means "stay silent". An error means the request was acceptable but pumi
+// could not do its part (the lease store failed): nothing is sent, so the
+// client retries.
+func (h *handler) reply(req *dhcpv4.DHCPv4, port int) (*dhcpv4.DHCPv4, error) {
+	if req == nil || req.OpCode != dhcpv4.OpcodeBootRequest || req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
+		return nil, nil // not an Ethernet client request: not ours to answer
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if !h.serverIP.Is4() {
+		return nil, fmt.Errorf("netboot: no server IP set")
+	}
+	c := classify(req)
+	if c.fw != fwNone {
+		h.seen(req, c)
+	}
+	switch h.mode {
+	case ModeProxy:
+		return h.proxyReply(req, port, c)
+	case ModeFull:
+		if port != PortServer {
+			return nil, nil
+		}
+		return h.fullReply(req, c)
+	}
+	return nil, nil
+}
+
+func (h *handler) seen(req *dhcpv4.DHCPv4, c client) {
+	mac := req.ClientHWAddr
+	info := ClientInfo{
+		Arch:        c.arch,
+		Firmware:    c.fw.String(),
+		VendorClass: c.vendorClass,
+		UserClass:   c.userClass,
+		Message:     req.MessageType().String(),
+	}
+	if ip, ok := netip.AddrFromSlice(req.ClientIPAddr.To4()); ok && !ip.IsUnspecified() {
+		info.IP = ip
+	}
+	h.adm.Seen(mac, info)
+}
+
+// pxeTarget decides whether and what a PXE client boots; it logs why not.
+func (h *handler) pxeTarget(req *dhcpv4.DHCPv4, c client) (bootTarget, bool) {
+	mac := req.ClientHWAddr
+	if c.fw == fwNone {
+		return bootTarget{}, false
+	}
+	if !h.adm.Allow(mac) {
+		h.log.Info("seen PXE client that is not admitted; no boot answer", "mac", mac.String(), "firmware", c.fw.String(), "arch", c.arch)
+		return bootTarget{}, false
+	}
+	if c.fw == fwUnsupported {
+		h.log.Warn("unsupported arch: pumi has no boot program for this client", "mac", mac.String(), "arch", c.arch, "vendor_class", c.vendorClass)
+		return bootTarget{}, false
+	}
+	if c.fw == fwBIOS {
+		h.log.Info("legacy BIOS PXE client: serving undionly.kpxe (UEFI is the tested path)", "mac", mac.String())
+	}
+	t, ok := target(c, h.httpBase, mac)
+	return t, ok
+}
+
+func (h *handler) serverIPSlice() net.IP { return net.IP(h.serverIP.AsSlice()) }
+
+// proxyReply: PXE options only, no address. DISCOVER on 67 gets an OFFER;
+// REQUEST on 4011 (or on 67 when addressed to us) gets an ACK.
+func (h *handler) proxyReply(req *dhcpv4.DHCPv4, port int, c client) (*dhcpv4.DHCPv4, error) {
+	if c.fw == fwNone {
+		return nil, nil
+	}
+	mt := req.MessageType()
+	var out dhcpv4.MessageType
+	switch {
+	case port == PortServer && mt == dhcpv4.MessageTypeDiscover:
+		out = dhcpv4.MessageTypeOffer
+	case port == PortServer && mt == dhcpv4.MessageTypeRequest:
+		// A REQUEST on 67 normally selects the school server's offer; only
+		// one that names pumi as its server and asks for no address is for
+		// us. (On a shared host the school server has pumi's IP, so the
+		// server id alone cannot tell them apart.)
+		if sid := req.ServerIdentifier(); sid == nil || !sid.Equal(h.serverIPSlice()) {
+			return nil, nil
+		}
+		if req.Options.Has(dhcpv4.OptionRequestedIPAddress) {
+			return nil, nil
+		}
+		out = dhcpv4.MessageTypeAck
+	case port == PortPXE && (mt == dhcpv4.MessageTypeRequest || mt == dhcpv4.MessageTypeInform):
+		out = dhcpv4.MessageTypeAck
+	default:
+		return nil, nil
+	}
+	t, ok := h.pxeTarget(req, c)
+	if !ok {
+		return nil, nil
+	}
+	resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(out))
+	if err != nil {
+		return nil, fmt.Errorf("netboot: building reply: %w", err)
+	}
+	resp.ClientIPAddr = req.ClientIPAddr
+	addPXE(req, resp, t, h.serverIPSlice(), false, c)
+	h.log.Info("proxy PXE answer", "mac", req.ClientHWAddr.String(), "type", out.String(), "port", port, "file", t.file)
+	return resp, nil
+}
+
+func (h *handler) fullReply(req *dhcpv4.DHCPv4, c client) (*dhcpv4.DHCPv4, error) {
+	now := h.now()
+	mac := req.ClientHWAddr.String()
+	switch req.MessageType() {
+	case dhcpv4.MessageTypeDiscover:
+		requested, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
+		ip, ok := h.pool.choose(mac, requested, now)
+		if !ok {
+			h.log.Warn("DHCP range exhausted: no address to offer; widen the range or shorten the lease time", "mac", mac)
+			return nil, nil
+		}
+		h.pool.offer(mac, ip, now)
+		return h.leaseReply(req, c, dhcpv4.MessageTypeOffer, ip)
+	case dhcpv4.MessageTypeRequest:
+		return h.fullRequest(req, c, now)
+	case dhcpv4.MessageTypeDecline:
+		return nil, h.decline(req, now)
+	case dhcpv4.MessageTypeRelease:
+		return nil, h.release(req, now)
+	case dhcpv4.MessageTypeInform:
+		return h.inform(req, c)
+	}
+	return nil, nil
+}
+
+func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhcpv4.DHCPv4, error) {
+	mac := req.ClientHWAddr.String()
+	sid := req.ServerIdentifier()
+	requested, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
+	ciaddr, _ := netip.AddrFromSlice(req.ClientIPAddr.To4())
+	var want netip.Addr
+	switch {
+	case sid != nil && !sid.Equal(h.serverIPSlice()):
+		// SELECTING another server's offer (RFC 2131 4.3.2): not a NAK, or
+		// pumi would break that lease; just let go of what we offered.
+		if e, ok := h.pool.byMAC[mac]; ok && !e.bound {
+			h.pool.drop(mac)
+		}
+		h.log.Info("client chose another DHCP server", "mac", mac, "server", sid.String())
+		return nil, nil
+	case requested.IsValid() && !requested.IsUnspecified():
+		want = requested // SELECTING (our server id) or INIT-REBOOT
+	case ciaddr.IsValid() && !ciaddr.IsUnspecified():
+		want = ciaddr // RENEWING or REBINDING
+	default:
+		return h.nak(req, "request names no address")
+	}
+	if !h.pool.subnet.Contains(want) {
+		return h.nak(req, fmt.Sprintf("%s is not on this network", want))
+	}
+	if r, ok := h.pool.reservedByMAC[mac]; ok && r.IP != want {
+		return h.nak(req, fmt.Sprintf("this MAC is reserved %s", r.IP))
+	}
+	if !h.pool.free(want, mac, now) {
+		return h.nak(req, fmt.Sprintf("%s is not available", want))
+	}
+	lease := Lease{MAC: req.ClientHWAddr, IP: want, Expiry: now.Add(h.pool.leaseTime), Hostname: h.pool.reservedByMAC[mac].Hostname}
+	// Persist first: an ACK the store does not know about would be handed
+	// to another PC after a restart.
+	if err := h.leases.Put(lease); err != nil {
+		return nil, fmt.Errorf("netboot: saving lease %s -> %s: %w", mac, want, err)
+	}
+	h.pool.commit(req.ClientHWAddr, want, now)
+	h.log.Info("lease", "mac", mac, "ip", want.String(), "until", lease.Expiry.Format(time.RFC3339))
+	return h.leaseReply(req, c, dhcpv4.MessageTypeAck, want)
+}
+
+func (h *handler) nak(req *dhcpv4.DHCPv4, why string) (*dhcpv4.DHCPv4, error) {
+	h.log.Info("NAK", "mac", req.ClientHWAddr.String(), "reason", why)
+	resp, err := dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
+		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.serverIPSlice())),
+		dhcpv4.WithOption(dhcpv4.OptMessage(why)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("netboot: building NAK: %w", err)
+	}
+	if !req.GatewayIPAddr.IsUnspecified() && req.GatewayIPAddr != nil {
+		resp.SetBroadcast() // the relay must broadcast a NAK (RFC 2131 4.3.2)
+	}
+	return resp, nil
+}
+
+// leaseReply is an OFFER or ACK carrying ip and the network options, plus
+// the PXE options for an admitted PXE client.
+func (h *handler) leaseReply(req *dhcpv4.DHCPv4, c client, mt dhcpv4.MessageType, ip netip.Addr) (*dhcpv4.DHCPv4, error) {
+	resp, err := dhcpv4.NewReplyFromRequest(req,
+		dhcpv4.WithMessageType(mt),
+		dhcpv4.WithYourIP(net.IP(ip.AsSlice())),
+		dhcpv4.WithOption(dhcpv4.OptIPAddressLeaseTime(h.pool.leaseTime)),
+		dhcpv4.WithOption(dhcpv4.OptRenewTimeValue(h.pool.leaseTime/2)),
+		dhcpv4.WithOption(dhcpv4.OptRebindingTimeValue(h.pool.leaseTime*7/8)),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("netboot: building reply: %w", err)
+	}
+	resp.ClientIPAddr = req.ClientIPAddr
+	h.networkOptions(resp)
+	if host := h.pool.reservedByMAC[req.ClientHWAddr.String()].Hostname; host != "" {
+		resp.UpdateOption(dhcpv4.OptHostName(host))
+	}
+	if t, ok := h.pxeTarget(req, c); ok {
+		addPXE(req, resp, t, h.serverIPSlice(), true, c)
+	}
+	return resp, nil
+}
+
+func (h *handler) networkOptions(resp *dhcpv4.DHCPv4) {
+	resp.UpdateOption(dhcpv4.OptServerIdentifier(h.serverIPSlice()))
+	resp.UpdateOption(dhcpv4.OptSubnetMask(h.netmask))
+	if h.router.IsValid() {
+		resp.UpdateOption(dhcpv4.OptRouter(net.IP(h.router.AsSlice())))
+	}
+	if len(h.dns) > 0 {
+		resp.UpdateOption(dhcpv4.OptDNS(h.dns...))
+	}
+}
+
+// inform answers DHCPINFORM: configuration options, no address, no lease
+// time (RFC 2131 3.4).
+func (h *handler) inform(req *dhcpv4.DHCPv4, c client) (*dhcpv4.DHCPv4, error) {
+	resp, err := dhcpv4.NewReplyFromRequest(req, dhcpv4.WithMessageType(dhcpv4.MessageTypeAck))
+	if err != nil {
+		return nil, fmt.Errorf("netboot: building reply: %w", err)
+	}
+	resp.ClientIPAddr = req.ClientIPAddr
+	h.networkOptions(resp)
+	if t, ok := h.pxeTarget(req, c); ok {
+		addPXE(req, resp, t, h.serverIPSlice(), true, c)
+	}
+	return resp, nil
+}
+
+// ours: a DECLINE or RELEASE either names pumi as its server or names none.
+func (h *handler) ours(req *dhcpv4.DHCPv4) bool {
+	sid := req.ServerIdentifier()
+	return sid == nil || sid.Equal(h.serverIPSlice())
+}
+
+// decline: the client found ip in use by someone else (ARP). The address is
+// kept out of the pool for a while and the client's lease is forgotten.
+func (h *handler) decline(req *dhcpv4.DHCPv4, now time.Time) error {
+	if !h.ours(req) {
+		return nil
+	}
+	mac := req.ClientHWAddr.String()
+	ip, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
+	e, ok := h.pool.byMAC[mac]
+	if !ok || e.ip != ip {
+		return nil // not an address pumi gave this client
+	}
+	h.pool.decline(ip, now)
+	h.pool.drop(mac)
+	if _, reserved := h.pool.reservedByIP[ip]; reserved {
+		h.log.Warn("reserved address declined: another machine uses it; find and fix it", "mac", mac, "ip", ip.String())
+	} else {
+		h.log.Warn("address declined: another machine uses it; kept out of the pool", "mac", mac, "ip", ip.String(), "for", declineHold.String())
+	}
+	if err := h.leases.Delete(req.ClientHWAddr); err != nil {
+		return fmt.Errorf("netboot: forgetting declined lease %s: %w", mac, err)
+	}
+	return nil
+}
+
+// release: the client gives its address back. pumi remembers who had it, so
+// the same PC gets it again if nobody else took it meanwhile.
+func (h *handler) release(req *dhcpv4.DHCPv4, now time.Time) error {
+	if !h.ours(req) {
+		return nil
+	}
+	mac := req.ClientHWAddr.String()
+	ciaddr, _ := netip.AddrFromSlice(req.ClientIPAddr.To4())
+	e, ok := h.pool.byMAC[mac]
+	if !ok || e.ip != ciaddr || !e.bound {
+		return nil
+	}
+	if err := h.leases.Delete(req.ClientHWAddr); err != nil {
+		return fmt.Errorf("netboot: forgetting released lease %s: %w", mac, err)
+	}
+	e.bound = false
+	e.expiry = now
+	h.log.Info("released", "mac", mac, "ip", ciaddr.String())
+	return nil
+}
+
+// destination is where a reply goes (RFC 2131 4.1): to the relay if there
+// is one; NAKs broadcast; to ciaddr if the client has an address (in proxy
+// mode on 4011, back to the sender); otherwise broadcast, which every PXE ROM
+// accepts (pumi does not forge link-layer unicasts to a client without an
+// address).
+func destination(req, resp *dhcpv4.DHCPv4, peer *net.UDPAddr, port int) *net.UDPAddr {
+	if gi := req.GatewayIPAddr.To4(); gi != nil && !gi.IsUnspecified() {
+		return &net.UDPAddr{IP: gi, Port: PortServer}
+	}
+	if resp.MessageType() == dhcpv4.MessageTypeNak {
+		return &net.UDPAddr{IP: net.IPv4bcast, Port: PortClient}
+	}
+	if port == PortPXE && peer != nil && peer.IP.To4() != nil && !peer.IP.IsUnspecified() && peer.Port != 0 {
+		return &net.UDPAddr{IP: peer.IP.To4(), Port: peer.Port}
+	}
+	if ci := req.ClientIPAddr.To4(); ci != nil && !ci.IsUnspecified() {
+		return &net.UDPAddr{IP: ci, Port: PortClient}
+	}
+	return &net.UDPAddr{IP: net.IPv4bcast, Port: PortClient}
+}
+
+func netipFrom(ip net.IP) (netip.Addr, bool) { return netip.AddrFromSlice(ip.To4()) }

@@ -1,0 +1,374 @@
+package testvm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/pumi-lab/pumi/internal/testnet"
+)
+
+// OVMF firmware from Debian's ovmf package (4 MiB build, no Secure Boot).
+const (
+	OVMFCode = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+	OVMFVars = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+)
+
+// Config describes one VM. With Kernel empty it boots UEFI (OVMF) with the
+// NIC first in the boot order (network boot through the firmware's own PXE,
+// as a lab PC does) and Disk second; with Kernel set it boots that kernel
+// directly (QEMU -kernel/-initrd/-append, no firmware involved).
+type Config struct {
+	Name string      // shown in logs; default "vm"
+	NS   *testnet.NS // namespace QEMU runs in (its tap lives there); nil: no network
+	Tap  string      // tap device in NS (testnet.NS.Tap); required with NS
+	MAC  string      // NIC MAC; default a random locally administered 52:54:00:xx:xx:xx
+	NIC  string      // QEMU NIC model; default virtio-net-pci
+
+	Kernel string // direct boot: bzImage path
+	Initrd string // direct boot: initrd path
+	Append string // direct boot: command line; console=ttyS0,115200 is added when it has no console=
+
+	Disk      string        // raw disk image attached with snapshot=on (never modified), boot index 2
+	Timeout   time.Duration // QEMU is killed this long after it starts; default 5 min
+	MemoryMiB int           // default 512
+	Extra     []string      // extra QEMU arguments
+}
+
+// RandomMAC returns a MAC in QEMU's 52:54:00 prefix with random low bytes.
+func RandomMAC() string {
+	b := make([]byte, 3)
+	_, _ = rand.Read(b)
+	return fmt.Sprintf("52:54:00:%02x:%02x:%02x", b[0], b[1], b[2])
+}
+
+// VM is a running QEMU process whose serial console is captured.
+type VM struct {
+	Config
+	t       testing.TB
+	cmd     *exec.Cmd
+	start   time.Time
+	stderr  bytes.Buffer
+	release func()
+	cancel  context.CancelFunc
+
+	mu      sync.Mutex
+	serial  []byte // cleaned serial output
+	timed   []byte // the same, each line prefixed with its arrival time
+	atBOL   bool   // timed is at the beginning of a line
+	changed chan struct{}
+	exited  chan struct{}
+	exitErr error
+}
+
+// Start starts QEMU (always -accel tcg: /dev/kvm on these machines is a PVM
+// hypervisor that cannot run OVMF, and TCG is fast enough) and returns at
+// once. Only one VM runs at a time on the whole machine (an flock under
+// CacheDir()), because CPU is shared; Start waits for that slot as long as
+// ctx allows (the time spent waiting does not count against Timeout).
+// The VM is killed Timeout after QEMU started, when ctx ends, or when the
+// test ends; if the test failed, the
+// last serial lines (with arrival times) and QEMU's stderr are logged; with
+// PUMI_TEST_SERIAL=1 the whole timed console is logged in any case.
+func Start(t testing.TB, ctx context.Context, c Config) *VM {
+	t.Helper()
+	if c.Name == "" {
+		c.Name = "vm"
+	}
+	if c.MAC == "" {
+		c.MAC = RandomMAC()
+	}
+	if _, err := net.ParseMAC(c.MAC); err != nil {
+		t.Fatalf("testvm: MAC %q: %v", c.MAC, err)
+	}
+	if c.NIC == "" {
+		c.NIC = "virtio-net-pci"
+	}
+	if c.MemoryMiB == 0 {
+		c.MemoryMiB = 512
+	}
+	if (c.NS == nil) != (c.Tap == "") {
+		t.Fatalf("testvm: NS and Tap go together (got NS %v, Tap %q)", c.NS != nil, c.Tap)
+	}
+	dir := t.TempDir()
+	args := []string{"-name", c.Name, "-accel", "tcg", "-machine", "q35", "-smp", "1", "-m", fmt.Sprint(c.MemoryMiB),
+		"-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"}
+	if c.Kernel == "" {
+		vars := filepath.Join(dir, "OVMF_VARS.fd")
+		b, err := os.ReadFile(OVMFVars)
+		if err != nil {
+			t.Fatalf("testvm: %v (install ovmf)", err)
+		}
+		// A fresh NVRAM per VM: OVMF writes boot entries into it, and a
+		// stale BootOrder from an earlier run would change what boots.
+		if err := os.WriteFile(vars, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args = append(args,
+			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
+			"-drive", "if=pflash,format=raw,unit=1,file="+vars,
+			// Without this OVMF tries PXEv6 and HTTPv6 first (about 130 s
+			// of timeouts) before the disk.
+			"-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no")
+	} else {
+		app := c.Append
+		if !strings.Contains(app, "console=") {
+			app = strings.TrimSpace("console=ttyS0,115200 " + app)
+		}
+		args = append(args, "-kernel", c.Kernel, "-append", app)
+		if c.Initrd != "" {
+			args = append(args, "-initrd", c.Initrd)
+		}
+	}
+	if c.NS != nil {
+		// romfile= drops QEMU's own iPXE option ROM, so the firmware's
+		// network stack does the PXE boot, as on a real PC.
+		args = append(args, "-netdev", "tap,id=n0,ifname="+c.Tap+",script=no,downscript=no",
+			"-device", c.NIC+",netdev=n0,mac="+c.MAC+",romfile=,bootindex=1")
+	} else {
+		args = append(args, "-nic", "none")
+	}
+	if c.Disk != "" {
+		args = append(args, "-drive", "if=none,id=d0,format=raw,snapshot=on,file="+c.Disk,
+			"-device", "virtio-blk-pci,drive=d0,bootindex=2")
+	}
+	args = append(args, c.Extra...)
+
+	if c.Timeout == 0 {
+		c.Timeout = 5 * time.Minute
+	}
+	waited := time.Now()
+	release, err := vmSlot(ctx)
+	if err != nil {
+		t.Fatalf("testvm: waiting for the VM slot: %v", err)
+	}
+	if d := time.Since(waited); d > time.Second {
+		t.Logf("testvm %s: waited %.1fs for another VM on this machine to finish", c.Name, d.Seconds())
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
+	v := &VM{Config: c, t: t, release: release, changed: make(chan struct{}), exited: make(chan struct{}), atBOL: true}
+	if c.NS != nil {
+		v.cmd = c.NS.Command(ctx, "qemu-system-x86_64", args...)
+	} else {
+		v.cmd = exec.CommandContext(ctx, "qemu-system-x86_64", args...)
+	}
+	v.cancel = cancel
+	v.cmd.Stderr = &v.stderr
+	v.cmd.WaitDelay = 5 * time.Second
+	out, err := v.cmd.StdoutPipe()
+	if err != nil {
+		release()
+		cancel()
+		t.Fatal(err)
+	}
+	v.start = time.Now()
+	if err := v.cmd.Start(); err != nil {
+		release()
+		cancel()
+		t.Fatalf("testvm: starting QEMU: %v", err)
+	}
+	t.Logf("testvm %s: started QEMU pid %d mac %s: qemu-system-x86_64 %s", c.Name, v.cmd.Process.Pid, c.MAC, strings.Join(args, " "))
+	go v.read(out)
+	t.Cleanup(func() {
+		v.Stop()
+		if os.Getenv("PUMI_TEST_SERIAL") != "" {
+			t.Logf("testvm %s: serial console (PUMI_TEST_SERIAL is set):\n%s", c.Name, v.TimedSerial())
+		} else if t.Failed() {
+			t.Logf("testvm %s: last serial lines:\n%s", c.Name, v.Tail(40))
+			if s := strings.TrimSpace(v.stderr.String()); s != "" {
+				t.Logf("testvm %s: QEMU stderr:\n%s", c.Name, s)
+			}
+		}
+	})
+	return v
+}
+
+// vmSlot takes the machine-wide VM lock, polling so that ctx is honoured.
+func vmSlot(ctx context.Context) (func(), error) {
+	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(CacheDir(), "vm.lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			var once sync.Once
+			return func() { once.Do(func() { f.Close() }) }, nil
+		}
+		if !errors.Is(err, unix.EWOULDBLOCK) {
+			f.Close()
+			return nil, err
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("another VM is still running on this machine: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// ANSI/VT escape sequences that OVMF and GRUB sprinkle over the console.
+var escapes = regexp.MustCompile(`\x1b(\[[0-9;?]*[ -/]*[@-~]|[()][0-9A-Za-z]|[=>78cDEHM])`)
+
+func (v *VM) read(r io.Reader) {
+	buf := make([]byte, 32<<10)
+	var pending []byte
+	for {
+		n, err := r.Read(buf)
+		if n > 0 {
+			pending = append(pending, buf[:n]...)
+			// Clean only up to the last newline so an escape sequence split
+			// across reads is never half-removed.
+			if i := bytes.LastIndexByte(pending, '\n'); i >= 0 {
+				v.appendClean(pending[:i+1])
+				pending = append([]byte(nil), pending[i+1:]...)
+			}
+			if len(pending) > 4096 {
+				v.appendClean(pending)
+				pending = nil
+			}
+		}
+		if err != nil {
+			break
+		}
+	}
+	v.appendClean(pending)
+	v.exitErr = v.cmd.Wait()
+	v.cancel()
+	v.release()
+	close(v.exited)
+	v.mu.Lock()
+	close(v.changed)
+	v.mu.Unlock()
+}
+
+func (v *VM) appendClean(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	b = escapes.ReplaceAll(b, nil)
+	b = bytes.ReplaceAll(b, []byte("\r"), nil)
+	v.mu.Lock()
+	v.serial = append(v.serial, b...)
+	stamp := fmt.Sprintf("[%6.1fs] ", time.Since(v.start).Seconds())
+	for _, line := range bytes.SplitAfter(b, []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		if v.atBOL {
+			v.timed = append(v.timed, stamp...)
+		}
+		v.timed = append(v.timed, line...)
+		v.atBOL = line[len(line)-1] == '\n'
+	}
+	close(v.changed)
+	v.changed = make(chan struct{})
+	v.mu.Unlock()
+}
+
+// Serial returns the console output so far, without \r and escape codes.
+func (v *VM) Serial() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return string(v.serial)
+}
+
+// TimedSerial is Serial with each line prefixed by the time since QEMU
+// started ("[ 12.3s] "), to see where a boot spends its time.
+func (v *VM) TimedSerial() string {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return string(v.timed)
+}
+
+// Tail returns the last n lines of the timed console output.
+func (v *VM) Tail(n int) string {
+	lines := strings.Split(strings.TrimRight(v.TimedSerial(), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Elapsed is the time since QEMU started.
+func (v *VM) Elapsed() time.Duration { return time.Since(v.start) }
+
+// WaitFor waits until marker appears on the console and returns the line
+// holding it (from the marker to the end of the line). It fails if QEMU
+// exits first or ctx ends.
+func (v *VM) WaitFor(ctx context.Context, marker string) (string, error) {
+	for {
+		v.mu.Lock()
+		s := string(v.serial)
+		ch := v.changed
+		v.mu.Unlock()
+		if i := strings.Index(s, marker); i >= 0 {
+			line := s[i:]
+			if j := strings.IndexByte(line, '\n'); j >= 0 {
+				line = line[:j]
+			} else {
+				// The line is still being written; wait for its end
+				// unless QEMU is gone.
+				select {
+				case <-v.exited:
+				default:
+					select {
+					case <-ch:
+						continue
+					case <-ctx.Done():
+					}
+				}
+			}
+			return strings.TrimSpace(line), nil
+		}
+		select {
+		case <-ch:
+		case <-v.exited:
+			if !strings.Contains(v.Serial(), marker) {
+				return "", fmt.Errorf("VM %s exited (%v) after %.1fs without printing %q", v.Name, v.exitErr, v.Elapsed().Seconds(), marker)
+			}
+		case <-ctx.Done():
+			return "", fmt.Errorf("VM %s: no %q after %.1fs: %w", v.Name, marker, v.Elapsed().Seconds(), ctx.Err())
+		}
+	}
+}
+
+// Wait waits for QEMU to exit by itself (poweroff with -no-reboot) and
+// returns its exit error, or ctx's error.
+func (v *VM) Wait(ctx context.Context) error {
+	select {
+	case <-v.exited:
+		return v.exitErr
+	case <-ctx.Done():
+		return fmt.Errorf("VM %s still running after %.1fs: %w", v.Name, v.Elapsed().Seconds(), ctx.Err())
+	}
+}
+
+// Stop kills QEMU (if still running) and waits for it to go.
+func (v *VM) Stop() {
+	select {
+	case <-v.exited:
+		return
+	default:
+	}
+	_ = v.cmd.Process.Kill()
+	<-v.exited
+}
