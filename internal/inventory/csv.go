@@ -28,7 +28,8 @@ import (
 //     case-insensitive and have Spanish aliases (usuario, aula, ...);
 //   - any MAC spelling (52:54:00:AB:CD:EF, 52-54-00-ab-cd-ef, 5254.00ab.cdef,
 //     525400abcdef); an empty ip cell means "address from another DHCP server";
-//   - blank lines, lines starting with '#', a UTF-8 byte order mark, CRLF.
+//   - blank lines, rows of empty cells, lines starting with '#', a UTF-8
+//     byte order mark, CRLF.
 //
 // Every problem in every row is collected as "line N, column C (name):
 // reason"; if there is any, nothing is imported.
@@ -167,6 +168,9 @@ func ParseCSV(r io.Reader) (*ParsedCSV, error) {
 		if err != nil {
 			errs = append(errs, RowError{Line: line, Reason: err.Error()})
 			continue
+		}
+		if strings.Join(fields, "") == "" {
+			continue // ";;;;": an empty spreadsheet row
 		}
 		if cols == nil {
 			if h, herrs, ok := parseHeader(fields, line); ok {

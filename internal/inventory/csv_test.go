@@ -31,7 +31,8 @@ func TestParseCSVGood(t *testing.T) {
 				"52-54-00-AB-CD-01;10.0.1.11;tareas;PC-01;Aula 1\r\n" +
 				"   # indented comment\r\n" +
 				"5254.00ab.cd02;10.0.1.12;tareas;pc-02;Aula 1;\r\n" +
-				"525400ABCD03;;alumno;;\r\n",
+				"525400ABCD03;;alumno;;\r\n" +
+				";;;;\r\n",
 			want: []Seat{
 				{MAC: "52:54:00:ab:cd:01", IP: ip("10.0.1.11"), SSHUser: "tareas", Hostname: "pc-01", Room: "Aula 1"},
 				{MAC: "52:54:00:ab:cd:02", IP: ip("10.0.1.12"), SSHUser: "tareas", Hostname: "pc-02", Room: "Aula 1"},

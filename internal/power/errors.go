@@ -31,7 +31,7 @@ func (e *Error) Error() string {
 	if e.Err != nil && (e.Detail == "" || e.Detail != e.Err.Error()) {
 		s += ": " + e.Err.Error()
 	}
-	if h := hint(e.Kind); h != "" {
+	if h := e.hint(); h != "" {
 		s += " (" + h + ")"
 	}
 	return s
@@ -66,8 +66,8 @@ func Reason(err error) string {
 	return err.Error()
 }
 
-func hint(kind error) string {
-	switch kind {
+func (e *Error) hint() string {
+	switch e.Kind {
 	case ErrUnreachable:
 		return "is the seat powered on, booted into its OS and running sshd?"
 	case ErrAuthFailed:
@@ -77,7 +77,9 @@ func hint(kind error) string {
 	case ErrNoSignature:
 		return "the image needs /home/<user>/Desktop/Signature containing its name without -img"
 	case ErrCommandFailed:
-		return "check the image's sudoers rule: <user> ALL=(ALL) NOPASSWD: /sbin/shutdown"
+		if e.Op == "reboot" || e.Op == "shutdown" {
+			return "check the image's sudoers rule: <user> ALL=(ALL) NOPASSWD: /sbin/shutdown"
+		}
 	}
 	return ""
 }

@@ -97,7 +97,12 @@ func (c *Client) power(ctx context.Context, op string, t Target, cmd string) err
 	defer sess.Close()
 	var out limitedBuffer
 	sess.Stdout, sess.Stderr = &out, &out
-	err = sess.Run(cmd)
+	// Start and Wait apart: only a connection lost after the seat accepted
+	// the command means it is going down; a refused exec request does not.
+	if err := sess.Start(cmd); err != nil {
+		return s.fail(ErrCommandFailed, "seat refused to run "+cmd, err)
+	}
+	err = sess.Wait()
 	var exit *ssh.ExitError
 	switch {
 	case err == nil:
@@ -124,7 +129,7 @@ func (c *Client) power(ctx context.Context, op string, t Target, cmd string) err
 // once the Signature matched.
 func (c *Client) Verify(ctx context.Context, t Target, image string) error {
 	if WantedSignature(image) == "" {
-		return fmt.Errorf("verify: empty image name")
+		return fmt.Errorf("verify: image name %q leaves nothing to compare the Signature with; name the image", image)
 	}
 	s, err := c.dial(ctx, "verify", t, image)
 	if err != nil {
@@ -139,7 +144,10 @@ func (c *Client) Verify(ctx context.Context, t Target, image string) error {
 	var stdout, stderr limitedBuffer
 	sess.Stdout, sess.Stderr = &stdout, &stderr
 	path := SignaturePath(t.Cred.User) // the user name was validated: no quoting hazards
-	err = sess.Run("cat -- '" + path + "'")
+	if err := sess.Start("cat -- '" + path + "'"); err != nil {
+		return s.fail(ErrCommandFailed, "seat refused to run cat", err)
+	}
+	err = sess.Wait()
 	var exit *ssh.ExitError
 	switch {
 	case err == nil:

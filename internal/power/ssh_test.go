@@ -114,6 +114,15 @@ func TestSSHAgainstOpenSSH(t *testing.T) {
 		if !errors.Is(err, ErrUnreachable) || Reason(err) != "unreachable: connection refused" {
 			t.Fatalf("got %v (reason %q), want unreachable", err, Reason(err))
 		}
+		// No machine at all on that address: ARP gets no answer and only the
+		// connect timeout ends the attempt.
+		qc := *c
+		qc.ConnectTimeout = 500 * time.Millisecond
+		tg.Addr = strings.TrimSuffix(seat.ip, ".2") + ".99"
+		err = seat.in(func() error { return qc.Reboot(ctx, tg) })
+		if !errors.Is(err, ErrUnreachable) || Reason(err) != "unreachable: connect timed out" {
+			t.Fatalf("got %v (reason %q), want connect timeout", err, Reason(err))
+		}
 	})
 
 	t.Run("SilentServerHitsHandshakeDeadline", func(t *testing.T) {

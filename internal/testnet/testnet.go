@@ -23,6 +23,15 @@ import (
 
 var seq atomic.Int64
 
+func init() {
+	// Keep the main goroutine on the main thread. Otherwise a goroutine in
+	// NS.Do could be scheduled onto the main thread, which the runtime parks
+	// rather than terminates when that goroutine exits locked: the process's
+	// main thread would then sit in a test namespace, `ip netns pids` would
+	// list this very process, and destroy would kill the test binary.
+	runtime.LockOSThread()
+}
+
 // Require makes the test need root and the named programs. Outside CI a
 // missing requirement skips the test; in CI (CI=true, run as root) it fails
 // it, because a test that silently skips in CI cannot fail.
@@ -83,7 +92,11 @@ func (n *NS) destroy() {
 	// Anything else still inside (a daemon that forked) is killed too, so the
 	// namespace really goes away.
 	if out, err := exec.Command("ip", "netns", "pids", n.Name).Output(); err == nil {
+		self := fmt.Sprint(os.Getpid())
 		for _, pid := range strings.Fields(string(out)) {
+			if pid == self {
+				continue
+			}
 			_ = exec.Command("kill", "-9", pid).Run()
 		}
 	}
