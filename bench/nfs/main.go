@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -59,8 +60,24 @@ func main() {
 	dir := flag.String("dir", "/var/tmp/pumi-nfs-bench", "data directory (kept between runs)")
 	out := flag.String("out", "", "write the Markdown results here too")
 	readers := flag.String("readers", "1,10", "parallel reader counts")
+	only := flag.String("servers", "ganesha,pumi,gonfs", "servers to measure")
+	links := flag.String("links", "none,1gbit", "link shapes to measure (none, or a tc rate)")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (which hosts pumi's server) here")
 	flag.Parse()
-	if err := run(*size, *shapedSize, *dir, *out, *readers); err != nil {
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "nfs bench:", err)
+			os.Exit(1)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "nfs bench:", err)
+			os.Exit(1)
+		}
+		defer pprof.StopCPUProfile()
+	}
+	if err := run(*size, *shapedSize, *dir, *out, *readers, *only, *links); err != nil {
+		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "nfs bench:", err)
 		os.Exit(1)
 	}
@@ -317,7 +334,7 @@ func measure(url string, n int, fileSize int64) (float64, time.Duration, error) 
 	return float64(fileSize) * float64(n) / d.Seconds() / 1e6, d, nil
 }
 
-func run(size, shapedSize int64, dir, out, readerList string) error {
+func run(size, shapedSize int64, dir, out, readerList, only, linkList string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces, tc)")
 	}
@@ -352,7 +369,16 @@ func run(size, shapedSize int64, dir, out, readerList string) error {
 	}
 	defer netDown()
 
-	servers := []*server{pumiServer(data), ganeshaServer(data, work), goNFSServer(data)}
+	// ganesha first: the other rows are compared with its figure.
+	var servers []*server
+	for _, s := range []struct {
+		key string
+		s   *server
+	}{{"ganesha", ganeshaServer(data, work)}, {"pumi", pumiServer(data)}, {"gonfs", goNFSServer(data)}} {
+		if strings.Contains(","+only+",", ","+s.key+",") {
+			servers = append(servers, s.s)
+		}
+	}
 	for _, s := range servers {
 		if err := s.start(); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
@@ -360,13 +386,18 @@ func run(size, shapedSize int64, dir, out, readerList string) error {
 		defer s.end()
 	}
 	// Warm the page cache so every server reads from memory.
-	if _, _, err := measure(servers[0].url("big.img"), 1, size); err != nil {
-		return err
+	for _, f := range []string{"big.img", "shaped.img"} {
+		if err := exec.Command("cat", filepath.Join(data, f)).Run(); err != nil {
+			return err
+		}
 	}
 
 	var rep strings.Builder
 	fmt.Fprintf(&rep, "| link | readers | file | server | MB/s | time | vs ganesha |\n|---|---|---|---|---|---|---|\n")
-	for _, link := range []string{"", "1gbit"} {
+	for _, link := range strings.Split(linkList, ",") {
+		if link == "none" {
+			link = ""
+		}
 		if err := shape(link); err != nil {
 			return err
 		}
@@ -410,7 +441,7 @@ func writeResults(path, table string, size, shapedSize int64) error {
 	fmt.Fprintf(&b, "Command: `go run ./bench/nfs -out bench/nfs/RESULTS.md` (root; Debian nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils iproute2).\n\n")
 	fmt.Fprintf(&b, "Run %s on %s, %d CPUs, %s. Server and client in two network namespaces joined by a veth; ",
 		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, runtime.NumCPU(), runtime.Version())
-	fmt.Fprintf(&b, "clients are libnfs `nfs-cat URL > /dev/null` (NFSv3/TCP, libnfs' default 1 MiB reads... as negotiated), ")
+	fmt.Fprintf(&b, "clients are libnfs `nfs-cat URL > /dev/null` (NFSv3/TCP, one process and one TCP connection per reader), ")
 	fmt.Fprintf(&b, "all readers read the same file from the start; MB/s = file size × readers / wall time; the file is in the page cache. ")
 	fmt.Fprintf(&b, "Unshaped file %d MiB, shaped file %d MiB. Shaping: `tc qdisc add dev <server veth> root tbf rate 1gbit burst 1mb latency 50ms` (server → client).\n\n", size>>20, shapedSize>>20)
 	b.WriteString(table)

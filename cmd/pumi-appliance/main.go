@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/pumi-lab/pumi/internal/appliance"
+	"github.com/pumi-lab/pumi/internal/store"
 	_ "time/tzdata" // gokrazy ships no zoneinfo; schedules use the admin's time zone
 )
 
@@ -26,12 +27,22 @@ func main() {
 	flag.StringVar(&opts.NFSListen, "nfs-listen", ":2049", "NFSv3 + MOUNT listen address (one TCP port)")
 	flag.StringVar(&opts.OCSListen, "ocs-listen", ":6461", "Clonezilla ocs_server status listen address")
 	flag.StringVar(&opts.APITokenFile, "api-token-file", "", "file holding the admin API token (default: <state>/api-token, created at first start)")
+	restore := flag.Bool("restore-backup", false, "replace a damaged state file by its backup (state.db.bak), then exit")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	opts.Log = log
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if *restore {
+		moved, err := store.RestoreBackup(ctx, opts.StateDir, log)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "pumi-appliance:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("state restored from backup; the previous file was kept as %q\n", moved)
+		return
+	}
 	if err := run(ctx, opts); err != nil {
 		fmt.Fprintln(os.Stderr, "pumi-appliance:", err)
 		os.Exit(1)

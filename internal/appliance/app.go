@@ -29,7 +29,11 @@ import (
 	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/netboot"
 	"github.com/pumi-lab/pumi/internal/nfsexport"
+	"github.com/pumi-lab/pumi/internal/notify"
+	"github.com/pumi-lab/pumi/internal/power"
+	"github.com/pumi-lab/pumi/internal/reimage"
 	"github.com/pumi-lab/pumi/internal/store"
+	"github.com/pumi-lab/pumi/internal/web"
 )
 
 // Options are the appliance's command-line settings; everything else is in
@@ -43,6 +47,8 @@ type Options struct {
 	// admin API token, e.g. provisioned by a deployment tool. It must exist.
 	APITokenFile string
 	Log          *slog.Logger
+	// Runs tunes the runs engine's timeouts and limits (zero: defaults).
+	Runs reimage.Config
 }
 
 // App is a running appliance.
@@ -57,6 +63,11 @@ type App struct {
 	nfsPort  int
 
 	changes notifier // config changes, for the supervisors
+
+	sshKey *power.Key
+	ssh    *power.Client
+	outbox *notify.Outbox
+	engine *reimage.Engine
 
 	ready    chan struct{} // closed once Serve has bound its listeners
 	httpAddr net.Addr
@@ -94,6 +105,10 @@ func Open(ctx context.Context, opts Options) (*App, error) {
 			st.Close()
 			return nil, fmt.Errorf("state directory %s: %w", st.Dir(), err)
 		}
+	}
+	if err := a.startRuns(); err != nil {
+		st.Close()
+		return nil, err
 	}
 	return a, nil
 }
@@ -358,7 +373,11 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	mux.Handle("/live/", http.StripPrefix("/live", live))
 	a.apiRoutes(mux)
-	mux.HandleFunc("GET /{$}", a.home)
+	pages, err := web.New(webBackend{a}, web.Options{Auth: web.NewStoreAuth(a.st)}, a.log)
+	if err != nil {
+		return err
+	}
+	mux.Handle("/", pages)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 
 	errc := make(chan error, 4)
@@ -375,6 +394,7 @@ func (a *App) Serve(ctx context.Context) error {
 	go a.superviseNFS(ctx, nfsL)
 	go a.superviseNetboot(ctx)
 	go a.st.BackupEvery(ctx, 6*time.Hour)
+	go a.serveRuns(ctx)
 
 	a.httpAddr, a.ocsAddr = httpL.Addr(), ocsL.Addr()
 	close(a.ready)
@@ -388,28 +408,6 @@ func (a *App) Serve(ctx context.Context) error {
 	defer c2()
 	srv.Shutdown(shut)
 	return err
-}
-
-func (a *App) home(w http.ResponseWriter, r *http.Request) {
-	st := a.Status()
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	fmt.Fprintf(w, "<!doctype html><title>pumi</title><h1>pumi</h1><p>Netboot: %s. NFS: %s.</p><p>The JSON API is at /api/v1/ (token in %s).</p>",
-		htmlEsc(describe(st.Netboot)), htmlEsc(describe(st.NFS)), htmlEsc(a.APITokenPath()))
-}
-
-func describe(c componentStatus) string {
-	switch {
-	case c.Error != "":
-		return "error: " + c.Error
-	case c.Running:
-		return "running " + c.Detail
-	default:
-		return "off " + c.Detail
-	}
-}
-
-func htmlEsc(s string) string {
-	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;").Replace(s)
 }
 
 // superviseNetboot runs the DHCP/TFTP server with the current config and

@@ -28,6 +28,48 @@ type Config struct {
 	// Console, e.g. "ttyS0,115200", adds a serial console to Clonezilla's
 	// command line (useful for VMs and for labs with serial consoles).
 	Console string `json:"console,omitempty"`
+
+	// Network is the appliance's own address (DHCP client or static); on
+	// gokrazy it is applied at boot.
+	Network NetworkSettings `json:"network,omitzero"`
+	// Mail is the SMTP account reports are sent with; its password is a
+	// secret kept apart (SecretMail) and never shown back.
+	Mail MailSettings `json:"mail,omitzero"`
+	// SSH lists the logins pumi uses per room or per image; passwords are
+	// secrets (SSHSecretName). Without one, pumi logs in with its own key
+	// as the seat's SSH user.
+	SSH []SSHLogin `json:"ssh,omitempty"`
+	// TimeZone is the IANA zone schedules are read in ("" = UTC).
+	TimeZone string `json:"time_zone,omitempty"`
+	// WoLGap staggers Wake-on-LAN packets between seats (default 2s).
+	WoLGap Duration `json:"wol_gap,omitzero"`
+}
+
+// NetworkSettings is the appliance's own address on its interface.
+type NetworkSettings struct {
+	Mode    string       `json:"mode,omitempty"` // "dhcp" (default) or "static"
+	Address netip.Prefix `json:"address,omitzero"`
+	Gateway netip.Addr   `json:"gateway,omitzero"`
+	DNS     []netip.Addr `json:"dns,omitempty"`
+}
+
+// MailSettings is the SMTP account without its password.
+type MailSettings struct {
+	Host     string   `json:"host,omitempty"`
+	Port     int      `json:"port,omitempty"`
+	Username string   `json:"username,omitempty"`
+	From     string   `json:"from,omitempty"`
+	To       []string `json:"to,omitempty"`
+	TLS      string   `json:"tls,omitempty"` // starttls (default) or tls
+	// CACertPEM trusts an institution's own CA in addition to the system's.
+	CACertPEM string `json:"ca_cert_pem,omitempty"`
+}
+
+// SSHLogin is the login for the seats of a room or of an image.
+type SSHLogin struct {
+	Scope string `json:"scope"` // "room" or "image"
+	Name  string `json:"name"`
+	User  string `json:"user"`
 }
 
 // NetbootSettings is what the admin sets for DHCP/TFTP on the lab interface.
@@ -88,6 +130,28 @@ func (c Config) Validate() error {
 	}
 	if strings.ContainsAny(c.LiveVersion, "/\\") || c.LiveVersion == ".." || c.LiveVersion == "." {
 		probs = append(probs, "live_version must be a folder name below the live directory")
+	}
+	switch c.Network.Mode {
+	case "", "dhcp":
+	case "static":
+		if !c.Network.Address.IsValid() || !c.Network.Address.Addr().Is4() {
+			probs = append(probs, "a static address needs network.address like 10.20.0.5/24")
+		}
+	default:
+		probs = append(probs, "network.mode must be dhcp or static")
+	}
+	if c.TimeZone != "" {
+		if _, err := time.LoadLocation(c.TimeZone); err != nil {
+			probs = append(probs, fmt.Sprintf("time zone %q is not an IANA zone name like Europe/Madrid", c.TimeZone))
+		}
+	}
+	if c.Mail.TLS != "" && c.Mail.TLS != "starttls" && c.Mail.TLS != "tls" {
+		probs = append(probs, "mail.tls must be starttls or tls")
+	}
+	for _, l := range c.SSH {
+		if (l.Scope != "room" && l.Scope != "image") || l.Name == "" || l.User == "" {
+			probs = append(probs, fmt.Sprintf("ssh login %q: needs scope room or image, a name and a user", l.Name))
+		}
 	}
 	if len(probs) > 0 {
 		return fmt.Errorf("%w: %s", errConfig, strings.Join(probs, "; "))

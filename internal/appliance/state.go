@@ -127,7 +127,8 @@ func addEvent(tx *store.Tx, e Event) error {
 }
 
 // leaseStore keeps DHCP leases in the state file: Put and Delete commit
-// (fsync) before they return, as netboot.LeaseStore requires.
+// (fsync) before they return, as netboot.LeaseStore requires; concurrent
+// calls are coalesced into one commit by Store.Batch.
 type leaseStore struct{ st *store.Store }
 
 func (l leaseStore) Load() ([]netboot.Lease, error) {
@@ -146,11 +147,11 @@ func (l leaseStore) Load() ([]netboot.Lease, error) {
 }
 
 func (l leaseStore) Put(le netboot.Lease) error {
-	return l.st.Update(context.Background(), func(tx *store.Tx) error {
+	return l.st.Batch(context.Background(), func(tx *store.Tx) error {
 		return leaseBucket.Put(tx, le.MAC.String(), storedLease{MAC: le.MAC.String(), IP: le.IP, Expiry: le.Expiry, Hostname: le.Hostname})
 	})
 }
 
 func (l leaseStore) Delete(mac net.HardwareAddr) error {
-	return l.st.Update(context.Background(), func(tx *store.Tx) error { return leaseBucket.Delete(tx, mac.String()) })
+	return l.st.Batch(context.Background(), func(tx *store.Tx) error { return leaseBucket.Delete(tx, mac.String()) })
 }

@@ -232,10 +232,10 @@ func newEnv(t *testing.T, fx fixtures, serverCIDR string) *env {
 	copyFile(t, fx.initrd, filepath.Join(files, "initrd.gz"))
 	cfg := fmt.Sprintf(`{
 	  %q: {"kernel": "%[2]s/files/vmlinuz", "initrds": ["%[2]s/files/initrd.gz"],
-	       "cmdline": "console=ttyS0,115200 quiet pumi.token=%[3]s pumi.callback=%[2]s/callback",
+	       "cmdline": "%[5]s quiet pumi.token=%[3]s pumi.callback=%[2]s/callback",
 	       "reason": "e2e linux scenario"},
 	  %[4]q: "local"
-	}`, e.macs.linux, e.base, e.token, e.macs.local)
+	}`, e.macs.linux, e.base, e.token, e.macs.local, testvm.KernelArgs)
 	dec, err := boot.ParseStatic([]byte(cfg))
 	if err != nil {
 		t.Fatal(err)

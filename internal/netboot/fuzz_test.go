@@ -66,16 +66,33 @@ func FuzzReply(f *testing.F) {
 }
 
 // FuzzLeaseFile: the lease file parser refuses garbage with an error and
-// never panics.
+// never panics, and whatever it accepts the writer's encoder writes back so
+// that it parses to the same leases.
 func FuzzLeaseFile(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ls, err := parseLeaseFile(b)
 		if err != nil {
 			return
 		}
+		byMAC := map[string]Lease{}
 		for _, l := range ls {
 			if len(l.MAC) != 6 || !l.IP.Is4() {
 				t.Fatalf("accepted malformed lease %+v", l)
+			}
+			byMAC[l.MAC.String()] = l
+		}
+		enc := encodeLeaseFile(byMAC)
+		back, err := parseLeaseFile(enc)
+		if err != nil {
+			t.Fatalf("re-encoded file does not parse: %v\n%s", err, enc)
+		}
+		if len(back) != len(ls) {
+			t.Fatalf("re-encoded %d leases, read %d", len(ls), len(back))
+		}
+		for _, l := range back {
+			w := byMAC[l.MAC.String()]
+			if l.IP != w.IP || !l.Expiry.Equal(w.Expiry) || l.Hostname != w.Hostname {
+				t.Fatalf("round trip changed %+v into %+v", w, l)
 			}
 		}
 	})

@@ -100,6 +100,13 @@ type Lease struct {
 // LeaseStore persists committed leases so a restart hands every PC the same
 // address again. Put and Delete must be durable when they return: the server
 // writes before it answers.
+//
+// Put and Delete are called concurrently, one call per client being answered
+// (never two at once for the same MAC), and a burst of PXE clients makes
+// hundreds of calls within milliseconds. An implementation should coalesce
+// concurrent calls into one durable write (group commit) instead of
+// serialising one sync per call: FileLeaseStore does, and a bbolt-backed
+// store gets it from store.Store.Batch. Load is called once, before serving.
 type LeaseStore interface {
 	Load() ([]Lease, error)
 	Put(Lease) error

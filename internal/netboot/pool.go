@@ -39,6 +39,13 @@ type pool struct {
 	byMAC         map[string]*entry
 	byIP          map[netip.Addr]*entry
 	declined      map[netip.Addr]time.Time // ip -> usable again after
+
+	// fresh is where the search for a never-used address starts: every
+	// range address below it is in byIP, reserved, or the server's or
+	// router's own. It only moves up past such addresses and moves back
+	// down whenever an address leaves byIP, so a burst of new clients costs
+	// one step each instead of a scan of the range each.
+	fresh uint32
 }
 
 func newPool(cfg Config) *pool {
@@ -54,6 +61,7 @@ func newPool(cfg Config) *pool {
 		byMAC:         map[string]*entry{},
 		byIP:          map[netip.Addr]*entry{},
 		declined:      map[netip.Addr]time.Time{},
+		fresh:         addrToU32(cfg.RangeStart),
 	}
 	if p.leaseTime == 0 {
 		p.leaseTime = DefaultLeaseTime
@@ -87,7 +95,7 @@ func (p *pool) restore(l Lease) error {
 
 func (p *pool) set(e *entry) {
 	if old, ok := p.byMAC[e.mac]; ok && p.byIP[old.ip] == old {
-		delete(p.byIP, old.ip)
+		p.unindex(old.ip)
 	}
 	p.byMAC[e.mac] = e
 	p.byIP[e.ip] = e
@@ -96,9 +104,18 @@ func (p *pool) set(e *entry) {
 func (p *pool) drop(mac string) {
 	if e, ok := p.byMAC[mac]; ok {
 		if p.byIP[e.ip] == e {
-			delete(p.byIP, e.ip)
+			p.unindex(e.ip)
 		}
 		delete(p.byMAC, mac)
+	}
+}
+
+// unindex removes ip from byIP; it may be never-used-free again, so the
+// search cursor must not stay above it.
+func (p *pool) unindex(ip netip.Addr) {
+	delete(p.byIP, ip)
+	if v := addrToU32(ip); p.inRange(ip) && v < p.fresh {
+		p.fresh = v
 	}
 }
 
@@ -147,23 +164,47 @@ func (p *pool) choose(mac string, requested netip.Addr, now time.Time) (netip.Ad
 	if requested.IsValid() && p.free(requested, mac, now) {
 		return requested, true
 	}
-	var expired netip.Addr
+	if ip, ok := p.lowestUnused(mac, now); ok {
+		return ip, true
+	}
+	// Every address has been used: reclaim the lowest expired one. This full
+	// scan only happens when the range is exhausted of fresh addresses.
 	for v := addrToU32(p.start); v <= addrToU32(p.end) && v != 0; v++ {
 		ip := u32ToAddr(v)
-		if !p.free(ip, mac, now) {
-			continue
-		}
-		if _, used := p.byIP[ip]; !used {
+		if _, used := p.byIP[ip]; used && p.free(ip, mac, now) {
 			return ip, true
-		}
-		if !expired.IsValid() {
-			expired = ip
 		}
 		if v == ^uint32(0) {
 			break
 		}
 	}
-	return expired, expired.IsValid()
+	return netip.Addr{}, false
+}
+
+// lowestUnused is the lowest free address that is in no entry, found from
+// the fresh cursor. The cursor steps over addresses that stay unusable until
+// they leave byIP (in use) or for good (reserved, server, router); it stops
+// at a declined one, which becomes usable again by time alone.
+func (p *pool) lowestUnused(mac string, now time.Time) (netip.Addr, bool) {
+	advance := true
+	for v := max(p.fresh, addrToU32(p.start)); v <= addrToU32(p.end) && v != 0; v++ {
+		ip := u32ToAddr(v)
+		_, used := p.byIP[ip]
+		_, reserved := p.reservedByIP[ip]
+		if !used && p.free(ip, mac, now) {
+			return ip, true
+		}
+		if !used && !reserved && ip != p.serverIP && ip != p.router {
+			advance = false // declined (or, for a reserved MAC, not its own): look again next time
+		}
+		if advance {
+			p.fresh = v + 1
+		}
+		if v == ^uint32(0) {
+			break
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // offer holds ip for mac for offerHold, unless mac already has a bound
@@ -176,6 +217,35 @@ func (p *pool) offer(mac string, ip netip.Addr, now time.Time) {
 		p.drop(e.mac) // an expired lease being reclaimed
 	}
 	p.set(&entry{mac: mac, ip: ip, expiry: now.Add(offerHold)})
+}
+
+// hold keeps ip for mac (as an offer does) while its lease is being
+// written, so no other client is offered or ACKed ip meanwhile. The returned
+// undo puts back what hold replaced, for a write that failed.
+func (p *pool) hold(mac string, ip netip.Addr, now time.Time) (undo func()) {
+	prev := p.byMAC[mac]
+	if prev != nil && prev.ip == ip && now.Before(prev.expiry) {
+		return func() {} // already mac's (offered or bound): nothing changes
+	}
+	displaced := p.byIP[ip] // an expired entry of another MAC, if any
+	if displaced != nil && displaced.mac != mac {
+		p.drop(displaced.mac)
+	}
+	held := &entry{mac: mac, ip: ip, expiry: now.Add(offerHold)}
+	p.set(held)
+	return func() {
+		if p.byMAC[mac] == held {
+			p.drop(mac)
+		}
+		for _, e := range []*entry{prev, displaced} {
+			if e == nil {
+				continue
+			}
+			if _, taken := p.byIP[e.ip]; !taken && p.byMAC[e.mac] == nil {
+				p.set(e)
+			}
+		}
+	}
 }
 
 // commit binds ip to mac for the lease time and returns the lease to persist.

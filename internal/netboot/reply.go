@@ -19,8 +19,11 @@ const (
 	PortPXE    = 4011 // PXE boot server discovery (proxy mode)
 )
 
-// handler turns one request into at most one reply. It owns the lease pool;
-// a mutex serialises requests because every decision reads and writes it.
+// handler turns one request into at most one reply. It owns the lease pool.
+// Requests are handled concurrently (one goroutine per packet): every
+// decision reads and writes the pool under mu, which is held for
+// microseconds; the lease store's write, an fsync, happens with mu released,
+// so a burst's writes overlap and the store can group-commit them.
 type handler struct {
 	mode     Mode
 	httpBase string
@@ -35,6 +38,18 @@ type handler struct {
 	netmask  net.IPMask
 	router   netip.Addr
 	dns      []net.IP
+	// writing: MACs whose lease change is being persisted. Their further
+	// packets (retransmissions) are ignored until it is done, so the
+	// changes of one MAC reach the pool and the store in the same order.
+	writing map[string]bool
+}
+
+// pendingWrite is a lease change decided under handler.mu: persist runs
+// without the lock, then finish runs under it with persist's error and
+// gives the reply. No reply leaves before persist has returned nil.
+type pendingWrite struct {
+	persist func() error
+	finish  func(err error) (*dhcpv4.DHCPv4, error)
 }
 
 func newHandler(cfg Config, adm Admission, leases LeaseStore, log *slog.Logger, now func() time.Time) (*handler, error) {
@@ -46,6 +61,7 @@ func newHandler(cfg Config, adm Admission, leases LeaseStore, log *slog.Logger, 
 		log:      log,
 		now:      now,
 		serverIP: cfg.ServerIP,
+		writing:  map[string]bool{},
 	}
 	if cfg.Mode != ModeFull {
 		return h, nil
@@ -87,15 +103,28 @@ func (h *handler) setServerIP(ip netip.Addr) {
 // reply answers req, which arrived on UDP port. A nil reply (and nil error)
 // means "stay silent". An error means the request was acceptable but pumi
 // could not do its part (the lease store failed): nothing is sent, so the
-// client retries.
+// client retries. reply may be called concurrently.
 func (h *handler) reply(req *dhcpv4.DHCPv4, port int) (*dhcpv4.DHCPv4, error) {
 	if req == nil || req.OpCode != dhcpv4.OpcodeBootRequest || req.HWType != iana.HWTypeEthernet || len(req.ClientHWAddr) != 6 {
 		return nil, nil // not an Ethernet client request: not ours to answer
 	}
 	h.mu.Lock()
+	resp, w, err := h.decide(req, port)
+	h.mu.Unlock()
+	if w == nil || err != nil {
+		return resp, err
+	}
+	// Durable before answered: the ACK is built only after persist.
+	perr := w.persist()
+	h.mu.Lock()
 	defer h.mu.Unlock()
+	return w.finish(perr)
+}
+
+// decide is reply's part under h.mu: a reply, or a lease change to persist.
+func (h *handler) decide(req *dhcpv4.DHCPv4, port int) (*dhcpv4.DHCPv4, *pendingWrite, error) {
 	if !h.serverIP.Is4() {
-		return nil, fmt.Errorf("netboot: no server IP set")
+		return nil, nil, fmt.Errorf("netboot: no server IP set")
 	}
 	c := classify(req)
 	if c.fw != fwNone {
@@ -103,14 +132,15 @@ func (h *handler) reply(req *dhcpv4.DHCPv4, port int) (*dhcpv4.DHCPv4, error) {
 	}
 	switch h.mode {
 	case ModeProxy:
-		return h.proxyReply(req, port, c)
+		resp, err := h.proxyReply(req, port, c)
+		return resp, nil, err
 	case ModeFull:
 		if port != PortServer {
-			return nil, nil
+			return nil, nil, nil
 		}
 		return h.fullReply(req, c)
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
 func (h *handler) seen(req *dhcpv4.DHCPv4, c client) {
@@ -193,32 +223,43 @@ func (h *handler) proxyReply(req *dhcpv4.DHCPv4, port int, c client) (*dhcpv4.DH
 	return resp, nil
 }
 
-func (h *handler) fullReply(req *dhcpv4.DHCPv4, c client) (*dhcpv4.DHCPv4, error) {
+func (h *handler) fullReply(req *dhcpv4.DHCPv4, c client) (*dhcpv4.DHCPv4, *pendingWrite, error) {
 	now := h.now()
 	mac := req.ClientHWAddr.String()
+	if h.writing[mac] {
+		// A retransmission that overtook the write of this client's
+		// previous message; that one's answer is on its way.
+		h.log.Debug("ignoring a request while this client's lease is being written", "mac", mac, "type", req.MessageType().String())
+		return nil, nil, nil
+	}
 	switch req.MessageType() {
 	case dhcpv4.MessageTypeDiscover:
 		requested, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
 		ip, ok := h.pool.choose(mac, requested, now)
 		if !ok {
 			h.log.Warn("DHCP range exhausted: no address to offer; widen the range or shorten the lease time", "mac", mac)
-			return nil, nil
+			return nil, nil, nil
 		}
 		h.pool.offer(mac, ip, now)
-		return h.leaseReply(req, c, dhcpv4.MessageTypeOffer, ip)
+		resp, err := h.leaseReply(req, c, dhcpv4.MessageTypeOffer, ip)
+		return resp, nil, err
 	case dhcpv4.MessageTypeRequest:
 		return h.fullRequest(req, c, now)
 	case dhcpv4.MessageTypeDecline:
-		return nil, h.decline(req, now)
+		return nil, h.decline(req, now), nil
 	case dhcpv4.MessageTypeRelease:
-		return nil, h.release(req, now)
+		return nil, h.release(req, now), nil
 	case dhcpv4.MessageTypeInform:
-		return h.inform(req, c)
+		resp, err := h.inform(req, c)
+		return resp, nil, err
 	}
-	return nil, nil
+	return nil, nil, nil
 }
 
-func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhcpv4.DHCPv4, error) {
+// fullRequest answers a REQUEST. An acceptable one yields a pendingWrite: the
+// address is held for the client (no one else can be offered or ACKed it)
+// while the lease is persisted, then committed and ACKed.
+func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhcpv4.DHCPv4, *pendingWrite, error) {
 	mac := req.ClientHWAddr.String()
 	sid := req.ServerIdentifier()
 	requested, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
@@ -232,32 +273,46 @@ func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhc
 			h.pool.drop(mac)
 		}
 		h.log.Info("client chose another DHCP server", "mac", mac, "server", sid.String())
-		return nil, nil
+		return nil, nil, nil
 	case requested.IsValid() && !requested.IsUnspecified():
 		want = requested // SELECTING (our server id) or INIT-REBOOT
 	case ciaddr.IsValid() && !ciaddr.IsUnspecified():
 		want = ciaddr // RENEWING or REBINDING
 	default:
-		return h.nak(req, "request names no address")
+		resp, err := h.nak(req, "request names no address")
+		return resp, nil, err
 	}
-	if !h.pool.subnet.Contains(want) {
-		return h.nak(req, fmt.Sprintf("%s is not on this network", want))
+	var why string
+	switch r, reserved := h.pool.reservedByMAC[mac]; {
+	case !h.pool.subnet.Contains(want):
+		why = fmt.Sprintf("%s is not on this network", want)
+	case reserved && r.IP != want:
+		why = fmt.Sprintf("this MAC is reserved %s", r.IP)
+	case !h.pool.free(want, mac, now):
+		why = fmt.Sprintf("%s is not available", want)
 	}
-	if r, ok := h.pool.reservedByMAC[mac]; ok && r.IP != want {
-		return h.nak(req, fmt.Sprintf("this MAC is reserved %s", r.IP))
-	}
-	if !h.pool.free(want, mac, now) {
-		return h.nak(req, fmt.Sprintf("%s is not available", want))
+	if why != "" {
+		resp, err := h.nak(req, why)
+		return resp, nil, err
 	}
 	lease := Lease{MAC: req.ClientHWAddr, IP: want, Expiry: now.Add(h.pool.leaseTime), Hostname: h.pool.reservedByMAC[mac].Hostname}
-	// Persist first: an ACK the store does not know about would be handed
-	// to another PC after a restart.
-	if err := h.leases.Put(lease); err != nil {
-		return nil, fmt.Errorf("netboot: saving lease %s -> %s: %w", mac, want, err)
-	}
-	h.pool.commit(req.ClientHWAddr, want, now)
-	h.log.Info("lease", "mac", mac, "ip", want.String(), "until", lease.Expiry.Format(time.RFC3339))
-	return h.leaseReply(req, c, dhcpv4.MessageTypeAck, want)
+	undo := h.pool.hold(mac, want, now)
+	h.writing[mac] = true
+	return nil, &pendingWrite{
+		// Persist first: an ACK the store does not know about would be
+		// handed to another PC after a restart.
+		persist: func() error { return h.leases.Put(lease) },
+		finish: func(err error) (*dhcpv4.DHCPv4, error) {
+			delete(h.writing, mac)
+			if err != nil {
+				undo()
+				return nil, fmt.Errorf("netboot: saving lease %s -> %s: %w", mac, want, err)
+			}
+			h.pool.commit(req.ClientHWAddr, want, now)
+			h.log.Info("lease", "mac", mac, "ip", want.String(), "until", lease.Expiry.Format(time.RFC3339))
+			return h.leaseReply(req, c, dhcpv4.MessageTypeAck, want)
+		},
+	}, nil
 }
 
 func (h *handler) nak(req *dhcpv4.DHCPv4, why string) (*dhcpv4.DHCPv4, error) {
@@ -332,9 +387,27 @@ func (h *handler) ours(req *dhcpv4.DHCPv4) bool {
 	return sid == nil || sid.Equal(h.serverIPSlice())
 }
 
+// forget is the pendingWrite that deletes mac's stored lease; done runs
+// under h.mu once that is durable.
+func (h *handler) forget(req *dhcpv4.DHCPv4, what string, done func()) *pendingWrite {
+	mac := req.ClientHWAddr.String()
+	h.writing[mac] = true
+	return &pendingWrite{
+		persist: func() error { return h.leases.Delete(req.ClientHWAddr) },
+		finish: func(err error) (*dhcpv4.DHCPv4, error) {
+			delete(h.writing, mac)
+			if err != nil {
+				return nil, fmt.Errorf("netboot: forgetting %s lease %s: %w", what, mac, err)
+			}
+			done()
+			return nil, nil
+		},
+	}
+}
+
 // decline: the client found ip in use by someone else (ARP). The address is
 // kept out of the pool for a while and the client's lease is forgotten.
-func (h *handler) decline(req *dhcpv4.DHCPv4, now time.Time) error {
+func (h *handler) decline(req *dhcpv4.DHCPv4, now time.Time) *pendingWrite {
 	if !h.ours(req) {
 		return nil
 	}
@@ -351,15 +424,15 @@ func (h *handler) decline(req *dhcpv4.DHCPv4, now time.Time) error {
 	} else {
 		h.log.Warn("address declined: another machine uses it; kept out of the pool", "mac", mac, "ip", ip.String(), "for", declineHold.String())
 	}
-	if err := h.leases.Delete(req.ClientHWAddr); err != nil {
-		return fmt.Errorf("netboot: forgetting declined lease %s: %w", mac, err)
-	}
-	return nil
+	// The pool already forgot the lease: a store that fails to forget it
+	// too only means the address comes back after a restart, held by the
+	// PC that declined it, which renews or declines again.
+	return h.forget(req, "declined", func() {})
 }
 
 // release: the client gives its address back. pumi remembers who had it, so
 // the same PC gets it again if nobody else took it meanwhile.
-func (h *handler) release(req *dhcpv4.DHCPv4, now time.Time) error {
+func (h *handler) release(req *dhcpv4.DHCPv4, now time.Time) *pendingWrite {
 	if !h.ours(req) {
 		return nil
 	}
@@ -369,13 +442,13 @@ func (h *handler) release(req *dhcpv4.DHCPv4, now time.Time) error {
 	if !ok || e.ip != ciaddr || !e.bound {
 		return nil
 	}
-	if err := h.leases.Delete(req.ClientHWAddr); err != nil {
-		return fmt.Errorf("netboot: forgetting released lease %s: %w", mac, err)
-	}
-	e.bound = false
-	e.expiry = now
-	h.log.Info("released", "mac", mac, "ip", ciaddr.String())
-	return nil
+	return h.forget(req, "released", func() {
+		// The entry is still e: the client's own packets were ignored
+		// meanwhile, and a bound unexpired address is no one else's.
+		e.bound = false
+		e.expiry = now
+		h.log.Info("released", "mac", mac, "ip", ciaddr.String())
+	})
 }
 
 // destination is where a reply goes (RFC 2131 4.1): to the relay if there

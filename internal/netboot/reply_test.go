@@ -257,8 +257,9 @@ func TestFullRequestCommitsAndPersists(t *testing.T) {
 	if err != nil {
 		t.Fatalf("lease not persisted: %v", err)
 	}
-	if !strings.Contains(string(b), `"mac": "52:54:00:00:00:0a"`) || !strings.Contains(string(b), `"ip": "`+ack.YourIPAddr.String()+`"`) {
-		t.Fatalf("lease file lacks the lease:\n%s", b)
+	ls, err := parseLeaseFile(b)
+	if err != nil || len(ls) != 1 || ls[0].MAC.String() != macA.String() || ls[0].IP.String() != ack.YourIPAddr.String() {
+		t.Fatalf("lease file lacks the lease (%v):\n%s", err, b)
 	}
 	// Another client cannot take it.
 	nak := x.do(msg(t, dhcpv4.MessageTypeRequest, macB, requested(ack.YourIPAddr.String())), PortServer)

@@ -150,6 +150,15 @@ func (s *Server) listen() (*listeners, error) {
 		}
 		l.dhcp = append(l.dhcp, dhcpSocket{c, PortPXE})
 	}
+	for _, d := range l.dhcp {
+		got, err := setRcvBuf(d.conn, dhcpRcvBuf)
+		switch {
+		case err != nil:
+			s.log.Warn("DHCP receive buffer left at the default: a burst of PXE clients may be dropped and wait for their retransmission", "port", d.port, "err", err)
+		case got < dhcpRcvBuf:
+			s.log.Warn("DHCP receive buffer smaller than asked (raise net.core.rmem_max or run as root)", "port", d.port, "bytes", got, "asked", dhcpRcvBuf)
+		}
+	}
 	if l.tftp, err = bindUDP(ifi.Name, ip, 69, false); err != nil {
 		return nil, err
 	}
@@ -207,8 +216,54 @@ func bindUDP(iface string, ip netip.Addr, port int, reuseAddr bool) (*net.UDPCon
 	return pc.(*net.UDPConn), nil
 }
 
-// serveDHCP is the thin loop around handler.reply.
+// dhcpRcvBuf is the DHCP sockets' receive buffer. A room of PCs switched on
+// together sends its DISCOVERs within milliseconds; the kernel default
+// (~208 KiB, about 90 queued packets) drops most of a 1,000-client burst,
+// and each dropped client waits 4 s for its retransmission. 4 MiB queues
+// ~1,800 packets (each costs ~2.3 KiB of buffer).
+const dhcpRcvBuf = 4 << 20
+
+// setRcvBuf asks for a receive buffer of want bytes and returns what the
+// kernel granted (the kernel reports twice the asked size, its bookkeeping
+// included; half of that is returned). As root SO_RCVBUFFORCE ignores
+// net.core.rmem_max; otherwise SO_RCVBUF is capped by it.
+func setRcvBuf(c *net.UDPConn, want int) (got int, err error) {
+	raw, err := c.SyscallConn()
+	if err != nil {
+		return 0, fmt.Errorf("netboot: receive buffer: %w", err)
+	}
+	var serr error
+	cerr := raw.Control(func(fd uintptr) {
+		if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, want); serr != nil {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, want)
+		}
+		if serr == nil {
+			got, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF)
+			got /= 2
+		}
+	})
+	if cerr != nil {
+		return 0, fmt.Errorf("netboot: receive buffer: %w", cerr)
+	}
+	if serr != nil {
+		return 0, fmt.Errorf("netboot: receive buffer: %w", serr)
+	}
+	return got, nil
+}
+
+// dhcpInFlight bounds the DHCP packets being answered at once. A REQUEST
+// waits for its lease write; letting a whole room's REQUESTs wait together is
+// what lets the lease store write them in one go. Beyond the bound, packets
+// wait in the socket's receive buffer (dhcpRcvBuf).
+const dhcpInFlight = 1024
+
+// serveDHCP reads packets and answers each on its own goroutine (see
+// handler.reply), so DISCOVERs are answered while REQUESTs wait for their
+// lease to be written.
 func (s *Server) serveDHCP(ctx context.Context, d dhcpSocket) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	slots := make(chan struct{}, dhcpInFlight)
 	buf := make([]byte, 4096)
 	for {
 		n, peer, err := d.conn.ReadFromUDP(buf)
@@ -219,23 +274,32 @@ func (s *Server) serveDHCP(ctx context.Context, d dhcpSocket) {
 			s.log.Warn("DHCP read failed", "port", d.port, "err", err)
 			continue
 		}
+		// FromBytes copies what it keeps, so buf can be reused at once.
 		req, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil {
 			s.log.Debug("ignoring malformed DHCP packet", "from", peer.String(), "err", err)
 			continue
 		}
-		resp, err := s.h.reply(req, d.port)
-		if err != nil {
-			s.log.Error("DHCP request not answered", "mac", req.ClientHWAddr.String(), "err", err)
-			continue
-		}
-		if resp == nil {
-			continue
-		}
-		dst := destination(req, resp, peer, d.port)
-		if _, err := d.conn.WriteToUDP(resp.ToBytes(), dst); err != nil {
-			s.log.Warn("DHCP reply not sent", "mac", req.ClientHWAddr.String(), "to", dst.String(), "err", err)
-		}
+		slots <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-slots }()
+			s.answerDHCP(d, req, peer)
+		})
+	}
+}
+
+func (s *Server) answerDHCP(d dhcpSocket, req *dhcpv4.DHCPv4, peer *net.UDPAddr) {
+	resp, err := s.h.reply(req, d.port)
+	if err != nil {
+		s.log.Error("DHCP request not answered", "mac", req.ClientHWAddr.String(), "err", err)
+		return
+	}
+	if resp == nil {
+		return
+	}
+	dst := destination(req, resp, peer, d.port)
+	if _, err := d.conn.WriteToUDP(resp.ToBytes(), dst); err != nil {
+		s.log.Warn("DHCP reply not sent", "mac", req.ClientHWAddr.String(), "to", dst.String(), "err", err)
 	}
 }
 

@@ -2,7 +2,6 @@ package nfsexport
 
 import (
 	"context"
-	"fmt"
 	"path"
 	"strings"
 	"sync"
@@ -273,8 +272,6 @@ func (c *clientConn) mount(call rpcCall) {
 		c.reply(call.xid, acceptProcUnavail)
 	}
 }
-
-func (c *clientConn) String() string { return fmt.Sprintf("nfs client %s", c.ip) }
 
 // exportOf maps a MOUNT path to its export and the directory inside it:
 // "/images" and, as knfsd allows (libnfs mounts the whole URL path),

@@ -4,7 +4,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"hash/fnv"
 	"io/fs"
 	"path"
@@ -224,5 +223,3 @@ func (t *handleTable) walkLocked() {
 		return nil
 	})
 }
-
-func (t *handleTable) String() string { return fmt.Sprintf("export tag %08x", t.tag) }

@@ -44,8 +44,11 @@ import (
 const sendTimeout = time.Minute
 
 // Allow decides which client may use which export; the appliance implements
-// it from the seats of the active runs. write is true for calls that modify
-// the export (WRITE, CREATE, REMOVE, SETATTR, ...).
+// it from the seats of the active runs. It is asked on every MOUNT and every
+// NFS call (so revoking a seat takes effect at its next call, mounted or
+// not); export is the export's Path ("/images"). write is true for calls
+// that modify the export (WRITE, CREATE, REMOVE, SETATTR, ...) and false
+// for MOUNT and reads. It must be fast and safe for concurrent use.
 type Allow interface {
 	AllowClient(ip netip.Addr, export string, write bool) bool
 }
@@ -80,7 +83,10 @@ type Server struct {
 	files      *fileCache
 	workers    int
 	goNFSReads bool
-	bufPool    sync.Pool
+
+	serveMu sync.Mutex
+	serving int // running Serve calls; the file cache is closed after the last
+	bufPool sync.Pool
 
 	// readHook, when set (tests only), sees every READ before it is served.
 	readHook func(exportPath, rel string, off uint64)
@@ -163,6 +169,9 @@ func New(cfg Config, allow Allow, log *slog.Logger) (*Server, error) {
 func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	s.serveMu.Lock()
+	s.serving++
+	s.serveMu.Unlock()
 
 	pl := newPipeListener(l.Addr())
 	gs := &nfs.Server{Handler: &goNFSHandler{s: s}, Context: ctx}
@@ -197,6 +206,9 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 		}
 		mu.Lock()
 		conns[nc] = struct{}{}
+		if ctx.Err() != nil {
+			nc.Close() // accepted while shutting down, after the close sweep
+		}
 		mu.Unlock()
 		wg.Add(1)
 		go func() {
@@ -210,6 +222,12 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 	cancel()
 	wg.Wait()
 	<-gsDone
+	s.serveMu.Lock()
+	s.serving--
+	if s.serving == 0 {
+		s.files.closeAll()
+	}
+	s.serveMu.Unlock()
 	return err
 }
 

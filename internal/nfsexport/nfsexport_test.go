@@ -20,6 +20,7 @@ import (
 	nfsc "github.com/willscott/go-nfs-client/nfs"
 	"github.com/willscott/go-nfs-client/nfs/rpc"
 	"github.com/willscott/go-nfs-client/nfs/xdr"
+	"golang.org/x/sys/unix"
 )
 
 // allowList is the test's Allow: a set of (ip, export) pairs, changeable
@@ -336,6 +337,13 @@ func TestEscapeRefused(t *testing.T) {
 	}
 	c := dial(t, addr)
 	tab := newHandleTable("/images", f.images)
+	// READ of a directory or a FIFO is refused (and must not block).
+	must(t, unix.Mkfifo(filepath.Join(f.images, "fifo"), 0o644))
+	for rel, want := range map[string]uint32{"LAB-2026-img": nfs3ErrIsDir, "fifo": nfs3ErrInval} {
+		if st, _ := rawRead(t, c, tab.encode(rel), 0, 100); st != want {
+			t.Errorf("READ of %s: status %d, want %d", rel, st, want)
+		}
+	}
 	// Forged handles: through a symlink (resolved inside the export, so it
 	// names nothing) and with "..", which never decodes.
 	for _, rel := range []string{"escape/hostname", "escape-rel", "../secret"} {

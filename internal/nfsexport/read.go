@@ -23,6 +23,8 @@ const rtmax = 1 << 20
 // without a stat per READ.
 const revalidateAfter = time.Second
 
+var errNotRegular = errors.New("not a regular file")
+
 type fileKey struct {
 	exp *export
 	rel string
@@ -92,6 +94,15 @@ func (fc *fileCache) get(exp *export, rel string) (*openFile, error) {
 	}
 	fc.mu.Unlock()
 
+	// Only regular files are opened: opening a FIFO would block this
+	// worker until someone writes to it.
+	st, err := exp.fs.Stat(rel)
+	if err != nil {
+		return nil, err
+	}
+	if !st.Mode().IsRegular() {
+		return nil, &fs.PathError{Op: "read", Path: rel, Err: errNotRegular}
+	}
 	bf, err := exp.fs.Open(rel)
 	if err != nil {
 		return nil, err
@@ -159,6 +170,12 @@ func (c *clientConn) read(xid uint32, exp *export, rel string, off uint64, count
 	of, err := c.s.files.get(exp, rel)
 	if err != nil {
 		switch {
+		case errors.Is(err, errNotRegular):
+			if st, serr := exp.fs.Stat(rel); serr == nil && st.IsDir() {
+				fail(nfs3ErrIsDir)
+			} else {
+				fail(nfs3ErrInval)
+			}
 		case errors.Is(err, fs.ErrNotExist):
 			fail(nfs3ErrStale)
 		case errors.Is(err, fs.ErrPermission):

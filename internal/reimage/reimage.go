@@ -238,25 +238,25 @@ type Run struct {
 
 // SeatRun is one seat's walk through a run.
 type SeatRun struct {
-	Seat     Seat      `json:"seat"`
-	State    SeatState `json:"state"`
-	Reason   string    `json:"reason,omitempty"`   // why failed or skipped
-	Attempts int       `json:"attempts"`           // attempts started
-	Final    bool      `json:"final,omitempty"`    // failed for good (no retry)
-	Acted    bool      `json:"acted,omitempty"`    // the current state's action is done
-	JobKey   string    `json:"job_key,omitempty"`  // the job of the current attempt
-	CancelJob string   `json:"cancel_job,omitempty"` // a job still to cancel (persisted intent)
+	Seat      Seat      `json:"seat"`
+	State     SeatState `json:"state"`
+	Reason    string    `json:"reason,omitempty"`     // why failed or skipped
+	Attempts  int       `json:"attempts"`             // attempts started
+	Final     bool      `json:"final,omitempty"`      // failed for good (no retry)
+	Acted     bool      `json:"acted,omitempty"`      // the current state's action is done
+	JobKey    string    `json:"job_key,omitempty"`    // the job of the current attempt
+	CancelJob string    `json:"cancel_job,omitempty"` // a job still to cancel (persisted intent)
 	// Running is the image the seat was last known to run (host key pinning
 	// for reboot).
-	Running   string               `json:"running,omitempty"`
-	Since     time.Time            `json:"since"`               // entered State
-	NextTry   time.Time            `json:"next_try,omitzero"`   // verifying: next SSH attempt
-	Started   time.Time            `json:"started,omitzero"`    // first powering/verifying
-	Finished  time.Time            `json:"finished,omitzero"`   // reached a terminal state
-	Phases    map[SeatState]time.Time `json:"phases,omitempty"` // last entry into each state
-	Boots     int                  `json:"boots,omitempty"`
-	Bytes     int64                `json:"bytes,omitempty"`
-	LastEvent string               `json:"last_event,omitempty"`
+	Running   string                  `json:"running,omitempty"`
+	Since     time.Time               `json:"since"`             // entered State
+	NextTry   time.Time               `json:"next_try,omitzero"` // verifying: next SSH attempt
+	Started   time.Time               `json:"started,omitzero"`  // first powering/verifying
+	Finished  time.Time               `json:"finished,omitzero"` // reached a terminal state
+	Phases    map[SeatState]time.Time `json:"phases,omitempty"`  // last entry into each state
+	Boots     int                     `json:"boots,omitempty"`
+	Bytes     int64                   `json:"bytes,omitempty"`
+	LastEvent string                  `json:"last_event,omitempty"`
 }
 
 // settled reports whether the seat needs nothing more in this run.

@@ -90,16 +90,17 @@ func open(ctx context.Context, dir string, log *slog.Logger, migs []Migration) (
 		return nil, err
 	}
 	path := filepath.Join(dir, FileName)
-	removeStaleTemps(dir, log)
 
 	fresh, err := precheck(path, len(migs), log)
 	if err != nil {
 		return nil, err
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	db, err := openRW(path)
 	if err != nil {
-		return nil, classifyOpenError(path, err)
+		return nil, err
 	}
+	// Only now, holding the exclusive lock, can no other pumi be mid-backup.
+	removeStaleTemps(dir, log)
 	s := &Store{db: db, dir: dir, path: path, log: log}
 	if err := s.fixMode(); err != nil {
 		db.Close()
@@ -113,8 +114,7 @@ func open(ctx context.Context, dir string, log *slog.Logger, migs []Migration) (
 			db.Close()
 			return nil, notWritable(dir, err)
 		}
-	}
-	if !fresh {
+	} else {
 		// The backup is taken before migrating, so that a faulty migration
 		// can be undone by restoring the pre-migration copy.
 		if err := s.Backup(ctx); err != nil {
@@ -128,6 +128,23 @@ func open(ctx context.Context, dir string, log *slog.Logger, migs []Migration) (
 	}
 	log.Info("state file open", "path", path, "schema", len(migs), "fresh", fresh)
 	return s, nil
+}
+
+// openRW opens the checked file for writing. The check has already walked
+// every page, so a panic here is not expected; it is still turned into an
+// error, because a crash loop is the one outcome that must not happen.
+func openRW(path string) (db *bolt.DB, err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, damaged(path, fmt.Sprintf("opening it failed: %v", r))
+		}
+	}()
+	db, err = bolt.Open(path, 0o600, &bolt.Options{Timeout: lockTimeout})
+	if err != nil {
+		return nil, classifyOpenError(path, err)
+	}
+	return db, nil
 }
 
 // Close releases the file and its lock.
@@ -153,6 +170,25 @@ func (s *Store) Update(ctx context.Context, fn func(tx *Tx) error) error {
 		return err
 	}
 	return s.db.Update(func(btx *bolt.Tx) error {
+		if err := fn(&Tx{tx: btx}); err != nil {
+			return err
+		}
+		return ctx.Err()
+	})
+}
+
+// Batch is Update for many small writers at once (a DHCP server committing
+// leases for a room of PCs): concurrent Batch calls are coalesced by bbolt
+// into one transaction and one fsync, and each call returns only after that
+// commit, so "written before acted on" holds as with Update. Because a failed
+// batch is retried one call at a time, fn may run more than once and must
+// only depend on its transaction (no side effects outside it). A single
+// caller pays up to bbolt's batch delay (10 ms) extra; use Update there.
+func (s *Store) Batch(ctx context.Context, fn func(tx *Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	return s.db.Batch(func(btx *bolt.Tx) error {
 		if err := fn(&Tx{tx: btx}); err != nil {
 			return err
 		}

@@ -479,6 +479,7 @@ func TestOpenReadOnlyFileSystem(t *testing.T) {
 	if err != nil || !bytes.Contains(out, []byte("ro-child ok")) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
+	t.Logf("child:\n%s", out)
 }
 
 func roChild(t *testing.T) {
@@ -499,4 +500,19 @@ func roChild(t *testing.T) {
 		t.Logf("%s: %v", d, err)
 	}
 	fmt.Println("ro-child ok")
+}
+
+func TestOpenRemovesLeftoverTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	mustOpen(t, dir).Close()
+	left := []string{filepath.Join(dir, ".state.db.bak.tmp123"), filepath.Join(dir, ".state.db.tmp456")}
+	for _, p := range left {
+		os.WriteFile(p, []byte("half a backup"), 0o600)
+	}
+	mustOpen(t, dir).Close()
+	for _, p := range left {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("%s survived Open", p)
+		}
+	}
 }

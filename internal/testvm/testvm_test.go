@@ -188,3 +188,26 @@ func TestLocalDisk(t *testing.T) {
 	}
 	t.Logf("UEFI to local-disk marker + halt: %.1fs", vm.Elapsed().Seconds())
 }
+
+// TestWaitForExit: a guest that dies without the marker must fail WaitFor
+// promptly (QEMU exits through panic=1 and -no-reboot), not at the timeout.
+// A kernel with no initrd panics for lack of a root file system.
+func TestWaitForExit(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a VM; run without -short")
+	}
+	testnet.Require(t, Programs()...)
+	k := DebianKernel(t)
+	vm := Start(t, t.Context(), Config{Name: "noroot", Kernel: k.Vmlinuz, Timeout: 2 * time.Minute})
+	_, err := vm.WaitFor(t.Context(), MarkerInit)
+	if err == nil || !strings.Contains(err.Error(), "exited") {
+		t.Fatalf("WaitFor = %v, want an 'exited without printing' error", err)
+	}
+	if !strings.Contains(vm.Serial(), "Kernel panic") {
+		t.Errorf("expected a kernel panic on the console")
+	}
+	if vm.Elapsed() > time.Minute {
+		t.Errorf("took %.0fs: panic=1 did not end QEMU", vm.Elapsed().Seconds())
+	}
+	t.Logf("%v", err)
+}

@@ -1,0 +1,190 @@
+package reimage
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pumi-lab/pumi/internal/notify"
+	"github.com/pumi-lab/pumi/internal/power"
+	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/testnet"
+)
+
+// httpLab is the appliance side of a run as the integration tests need it:
+// the inventory, one job per seat with a per-job token, the iPXE boot script
+// endpoint (/boot/<mac>.ipxe: a restore script while the job is active,
+// "exit 1" otherwise) and Clonezilla's report endpoint. It follows the
+// appliance's Assignment rules (pending → booted → running → done|failed;
+// pending, booted and running jobs get Clonezilla again on every boot), and
+// implements Lab for the engine.
+type httpLab struct {
+	mu    sync.Mutex
+	seats []Seat
+	jobs  map[string]*labJob
+	now   func() time.Time
+}
+
+type labJob struct {
+	Key     string    `json:"key"`
+	Image   string    `json:"image"`
+	Token   string    `json:"token"`
+	State   string    `json:"state"`
+	Reason  string    `json:"reason,omitempty"`
+	Boots   int       `json:"boots"`
+	Updated time.Time `json:"updated"`
+}
+
+func newHTTPLab(seats []Seat) *httpLab {
+	return &httpLab{seats: seats, jobs: map[string]*labJob{}, now: time.Now}
+}
+
+func (l *httpLab) Seats(_ context.Context, t schedule.Target) ([]Seat, error) {
+	var out []Seat
+	for _, s := range l.seats {
+		if slices.Contains(t.Rooms, s.Room) || slices.Contains(t.Seats, s.ID) {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}
+
+func (l *httpLab) StartJob(_ context.Context, j Job) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if old := l.jobs[j.Seat.MAC]; old != nil && old.Key == j.Key {
+		return nil
+	}
+	b := make([]byte, 8)
+	rand.Read(b)
+	l.jobs[j.Seat.MAC] = &labJob{Key: j.Key, Image: j.Image, Token: hex.EncodeToString(b), State: JobPending, Updated: l.now()}
+	return nil
+}
+
+func (l *httpLab) JobState(_ context.Context, mac, key string) (JobState, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	j := l.jobs[mac]
+	if j == nil || j.Key != key {
+		return JobState{}, ErrNoJob
+	}
+	return JobState{State: j.State, Reason: j.Reason, Boots: j.Boots, Updated: j.Updated}, nil
+}
+
+func (l *httpLab) CancelJob(_ context.Context, mac, key string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if j := l.jobs[mac]; j != nil && j.Key == key {
+		delete(l.jobs, mac)
+	}
+	return nil
+}
+
+func active(state string) bool {
+	return state == JobPending || state == JobBooted || state == JobRunning
+}
+
+func (l *httpLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/boot/") && strings.HasSuffix(r.URL.Path, ".ipxe"):
+		mac := strings.ReplaceAll(strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/boot/"), ".ipxe"), "-", ":")
+		j := l.jobs[mac]
+		if j == nil || !active(j.State) {
+			fmt.Fprint(w, "#!ipxe\nexit 1\n")
+			return
+		}
+		j.State, j.Boots, j.Updated = JobBooted, j.Boots+1, l.now()
+		fmt.Fprintf(w, "#!ipxe\nkernel http://pumi/live/vmlinuz boot=live ocs_live_run=\"ocs-sr -batch restoredisk %s sda\" pumi_token=%s pumi_image=%s\nboot\n",
+			j.Image, j.Token, j.Image)
+	case strings.HasPrefix(r.URL.Path, "/report/"):
+		mac := strings.ReplaceAll(strings.TrimPrefix(r.URL.Path, "/report/"), "-", ":")
+		j := l.jobs[mac]
+		q := r.URL.Query()
+		if j == nil || q.Get("token") != j.Token {
+			http.Error(w, "unknown job or token", http.StatusForbidden)
+			return
+		}
+		switch st := q.Get("state"); st {
+		case JobRunning, JobDone, JobFailed:
+			if !active(j.State) {
+				http.Error(w, "job already finished", http.StatusConflict)
+				return
+			}
+			j.State, j.Reason, j.Updated = st, q.Get("reason"), l.now()
+		default:
+			http.Error(w, "bad state", http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// outboxReporter is the appliance's Reporter: the run's report goes into the
+// durable notify.Outbox under its idempotent message ID.
+type outboxReporter struct{ ob *notify.Outbox }
+
+func (o outboxReporter) RunFinished(ctx context.Context, r notify.Report, runLog []byte) error {
+	_, err := o.ob.Enqueue(ctx, r.Message(runLog))
+	return err
+}
+
+// sshPower is the appliance's Power: internal/power's SSH client and WoL,
+// run from inside the lab namespace where pumi lives.
+type sshPower struct {
+	lab  *testnet.NS
+	c    *power.Client
+	wol  power.WoL
+	cred power.Credential
+}
+
+func (p *sshPower) target(s Seat, image string) power.Target {
+	if image == "" {
+		// Before a seat was ever verified its host key is pinned under a
+		// placeholder; what it runs is unknown.
+		image = "unverified"
+	}
+	return power.Target{Addr: s.Addr, Seat: s.MAC, Image: image, Cred: p.cred}
+}
+
+func (p *sshPower) in(fn func() error) error {
+	var r error
+	if err := p.lab.Do(func() error { r = fn(); return nil }); err != nil {
+		return err
+	}
+	return r
+}
+
+func (p *sshPower) Reboot(ctx context.Context, s Seat, running string) error {
+	return p.in(func() error { return p.c.Reboot(ctx, p.target(s, running)) })
+}
+
+func (p *sshPower) Shutdown(ctx context.Context, s Seat, running string) error {
+	return p.in(func() error { return p.c.Shutdown(ctx, p.target(s, running)) })
+}
+
+func (p *sshPower) Verify(ctx context.Context, s Seat, image string) error {
+	return p.in(func() error { return p.c.Verify(ctx, p.target(s, image), image) })
+}
+
+func (p *sshPower) Wake(ctx context.Context, seats []Seat) error {
+	var macs []net.HardwareAddr
+	for _, s := range seats {
+		m, err := net.ParseMAC(s.MAC)
+		if err != nil {
+			return err
+		}
+		macs = append(macs, m)
+	}
+	return p.in(func() error { return p.wol.Wake(ctx, macs) })
+}

@@ -1,0 +1,393 @@
+package web
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/pumi-lab/pumi/internal/inventory"
+	"github.com/pumi-lab/pumi/internal/testnet"
+)
+
+// chromiumPath is Debian's chromium package.
+const chromiumPath = "/usr/bin/chromium"
+
+// TestBrowserFlow drives Debian's Chromium (headless, through the DevTools
+// protocol with chromedp) through the admin's first session against the
+// handler on a real HTTP server on 127.0.0.1, backed by the real store,
+// inventory and image scan: set the password, configure, import a CSV with
+// a bad row (error next to the row, nothing imported), fix it, create a
+// schedule with the live cron preview, run it and watch a seat's state
+// change on the page without a reload. It writes a screenshot of every page
+// to $PUMI_WEB_SCREENSHOTS (or the test's artifact directory).
+func TestBrowserFlow(t *testing.T) {
+	testnet.Require(t, chromiumPath)
+	shots := os.Getenv("PUMI_WEB_SCREENSHOTS")
+	if shots == "" {
+		shots = t.ArtifactDir()
+	}
+	if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	// Real server on loopback.
+	b, st := newStoreBackend(t, t.TempDir())
+	h, err := New(b, Options{Auth: NewStoreAuth(st)}, slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	base := "http://" + ln.Addr().String()
+
+	// The image repository: the clonezilla package's fixture (valid and
+	// broken images), copied so nothing can touch the original.
+	repo := filepath.Join(t.TempDir(), "images")
+	if err := os.CopyFS(repo, os.DirFS("../clonezilla/testdata/repo")); err != nil {
+		t.Fatal(err)
+	}
+	// A half-copied image: the second partition's data is missing.
+	half := filepath.Join(repo, "room-c", "LAB-C-img")
+	if err := os.CopyFS(half, os.DirFS(filepath.Join(repo, "LAB-A-img"))); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(half, "nvme0n1p2.ext4-ptcl-img.zst")); err != nil {
+		t.Fatal(err)
+	}
+
+	// Chromium with every flag that keeps it off the internet, and a fresh
+	// profile.
+	opts := []chromedp.ExecAllocatorOption{
+		chromedp.ExecPath(chromiumPath),
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("headless", true),
+		chromedp.Flag("no-sandbox", true),
+		chromedp.Flag("disable-gpu", true),
+		chromedp.Flag("disable-quic", true),
+		chromedp.Flag("no-first-run", true),
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.Flag("disable-dev-shm-usage", true),
+		chromedp.Flag("hide-scrollbars", true),
+		chromedp.WindowSize(1280, 900),
+	}
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelA()
+	bctx, cancelB := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
+	defer cancelB()
+	// One bound for the whole flow so a broken page fails instead of
+	// hanging CI; the steps themselves wait for what they need.
+	ctx, cancel := context.WithTimeout(bctx, 2*time.Minute)
+	defer cancel()
+
+	// Every page must load without a console error: a CSP violation, a
+	// script error or a failed request shows up here.
+	var consoleMu sync.Mutex
+	var consoleErrs []string
+	messages := chromedp.Console(ctx)
+	go func() {
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			// The rejected CSV is answered 422 on purpose; the browser
+			// logs every 4xx page load.
+			if strings.Contains(m.Text, "status of 422") {
+				continue
+			}
+			if m.IsException() || m.Type == "error" || m.Type == "warning" {
+				consoleMu.Lock()
+				consoleErrs = append(consoleErrs, fmt.Sprintf("%s %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
+				consoleMu.Unlock()
+			}
+		}
+	}()
+	defer func() {
+		consoleMu.Lock()
+		defer consoleMu.Unlock()
+		for _, m := range consoleErrs {
+			t.Errorf("browser console: %s", m)
+		}
+	}()
+
+	type void = chromedp.Action[chromedp.Void]
+	step := func(name string, actions ...void) {
+		t.Helper()
+		start := time.Now()
+		if err := chromedp.Do(ctx, actions...); err != nil {
+			// The flow's context may be what ran out; look with a fresh one.
+			lctx, cancel := context.WithTimeout(bctx, 10*time.Second)
+			defer cancel()
+			url, _ := chromedp.Run(lctx, chromedp.Location())
+			if png, err := chromedp.Run(lctx, chromedp.FullScreenshot(100)); err == nil {
+				os.WriteFile(filepath.Join(shots, "failed.png"), png, 0o644)
+			}
+			t.Fatalf("step %q (at %s): %v", name, url, err)
+		}
+		t.Logf("step %-28s %v", name, time.Since(start).Round(time.Millisecond))
+	}
+	shot := func(name string) void {
+		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+			png, err := chromedp.FullScreenshot(100)(ctx, tg)
+			if err != nil {
+				return err
+			}
+			return os.WriteFile(filepath.Join(shots, name+".png"), png, 0o644)
+		})
+	}
+	// get reads a value from the page.
+	get := func(what string, a chromedp.Action[string]) string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, a)
+		if err != nil {
+			t.Fatalf("reading %s: %v", what, err)
+		}
+		return v
+	}
+	text := func(sel string) string { t.Helper(); return get(sel, chromedp.Text(chromedp.CSS(sel))) }
+	strs := func(expr string) []string {
+		t.Helper()
+		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](expr))
+		if err != nil {
+			t.Fatalf("evaluating %s: %v", expr, err)
+		}
+		return v
+	}
+
+	// 1. First visit: any page leads to setting the password.
+	step("first visit",
+		chromedp.Navigate(base+"/inventory"),
+		chromedp.WaitVisible(chromedp.CSS("#set-password")),
+		shot("01-first-visit"),
+		chromedp.SendKeys(chromedp.CSS("#password"), testPassword),
+		chromedp.SendKeys(chromedp.CSS("#again"), testPassword),
+		clickAndLoad("#set-password"),
+		chromedp.WaitVisible(chromedp.CSS("#save-settings")),
+	)
+
+	// 2. Configure: repository, lab netboot (proxy), time zone.
+	step("configure",
+		chromedp.SetValue(chromedp.CSS("#repository"), repo),
+		chromedp.Click(chromedp.CSS(`input[name=nb_mode][value=proxy]`)),
+		chromedp.WaitVisible(chromedp.CSS("#nb_interface")),
+		chromedp.SetValue(chromedp.CSS("#nb_interface"), "eth1"),
+		chromedp.SetValue(chromedp.CSS("#time_zone"), "Europe/Zurich"),
+		clickAndLoad("#save-settings"),
+		chromedp.WaitVisible(chromedp.CSS(".flash.ok")),
+		shot("02-setup"),
+	)
+	if got := text(".flash.ok"); got != "Saved." {
+		t.Fatalf("after saving the setup the page says %q", got)
+	}
+	saved, err := b.Settings(ctx)
+	if err != nil || saved.Repository != repo || saved.Netboot.Mode != "proxy" || saved.TimeZone != "Europe/Zurich" {
+		t.Fatalf("settings not stored: %+v %v", saved, err)
+	}
+
+	// 3. Images found in the repository, with the problems of broken ones.
+	step("images",
+		chromedp.Navigate(base+"/images"),
+		chromedp.WaitVisible(chromedp.CSS("#images")),
+		shot("03-images"),
+	)
+	if imgs := text("#images"); !strings.Contains(imgs, "LAB-A-img") || !strings.Contains(imgs, "restorable") {
+		t.Fatalf("images page:\n%s", imgs)
+	}
+	if broken := text(`#images tr[data-image="room-c/LAB-C-img"]`); !strings.Contains(broken, "broken") || !strings.Contains(broken, "nvme0n1p2") {
+		t.Fatalf("the half-copied image is not shown broken with its problem:\n%s", broken)
+	}
+
+	// 4. A PXE client pumi heard but does not know, then a CSV with one
+	// bad row.
+	if err := b.seen(ctx, "52:54:00:aa:bb:cc", netip.MustParseAddr("10.20.0.99")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.AddRoom(ctx, inventory.Room{Name: "A101"}); err != nil {
+		t.Fatal(err)
+	}
+	const badCSV = "mac,ip,hostname,room\n52:54:00:12:34:01,10.20.0.11,pc-a101-01,A101\n52:54:00:12:34:0g,10.20.0.12,pc-a101-02,A101\n52:54:00:12:34:03,10.20.0.13,pc-a101-03,A101\n"
+	csvFile := filepath.Join(t.TempDir(), "seats.csv")
+	if err := os.WriteFile(csvFile, []byte(badCSV), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	step("import bad CSV",
+		chromedp.Navigate(base+"/inventory"),
+		chromedp.WaitVisible(chromedp.CSS("#import")),
+		chromedp.SetUploadFiles(chromedp.CSS("#csv-file"), []string{csvFile}),
+		clickAndLoad("#import"),
+		chromedp.WaitVisible(chromedp.CSS("#import-errors")),
+		shot("04-inventory-bad-csv"),
+	)
+	if row := text(`#import-errors tr[data-line="3"] td.err`); !strings.Contains(row, "mac") {
+		t.Fatalf("line 3's error is not next to it: %q", row)
+	}
+	if n := len(mustSeats(t, b)); n != 0 {
+		t.Fatalf("%d seats imported from a file with a bad row", n)
+	}
+	errRows := strs(`[...document.querySelectorAll("#import-errors tr.has-error")].map(r => r.dataset.line)`)
+	if len(errRows) != 1 || errRows[0] != "3" {
+		t.Fatalf("marked lines %v, want only line 3", errRows)
+	}
+
+	// 5. Fix the row in the text box the page filled with the file.
+	shown := get("the CSV text box", chromedp.Value(chromedp.CSS("#csv-text")))
+	if shown != badCSV {
+		t.Fatalf("the page did not keep the file to fix: %q", shown)
+	}
+	step("import fixed CSV",
+		chromedp.SetValue(chromedp.CSS("#csv-text"), strings.Replace(badCSV, "34:0g", "34:02", 1)),
+		clickAndLoad("#import"),
+		chromedp.WaitVisible(chromedp.CSS("#import-result")),
+		chromedp.WaitVisible(chromedp.CSS("#seats")),
+		shot("05-inventory"),
+	)
+	if got := text("#import-result"); !strings.Contains(got, "3 added") {
+		t.Fatalf("import result: %q", got)
+	}
+	if n := len(mustSeats(t, b)); n != 3 {
+		t.Fatalf("%d seats after the fixed import, want 3", n)
+	}
+
+	// 6. A schedule: the cron preview answers as the spec is typed.
+	step("new schedule",
+		chromedp.Navigate(base+"/schedules/new"),
+		chromedp.WaitVisible(chromedp.CSS("#spec")),
+		chromedp.SendKeys(chromedp.CSS("#name"), "Room A101 weekly"),
+		// SetValue fires no input event; the last typed key does, with
+		// the whole value in the field, as when a person types.
+		chromedp.SetValue(chromedp.CSS("#spec"), "61 2 * * SA"),
+		chromedp.SendKeys(chromedp.CSS("#spec"), "T"),
+		chromedp.WaitVisible(chromedp.CSS("#cron-preview .err")),
+	)
+	if got := text("#cron-preview"); !strings.Contains(got, "minute") {
+		t.Fatalf("a bad spec's preview: %q", got)
+	}
+	step("fix spec",
+		chromedp.SetValue(chromedp.CSS("#spec"), "30 2 * * SA"),
+		chromedp.SendKeys(chromedp.CSS("#spec"), "T"),
+		chromedp.WaitVisible(chromedp.CSS("#cron-preview ol.times")),
+		chromedp.SendKeys(chromedp.CSS("#image"), "LAB-A-img"),
+		chromedp.Click(chromedp.CSS(`input[name=rooms][value=A101]`)),
+		shot("06-schedule-edit"),
+	)
+	fires := strs(`[...document.querySelectorAll("#cron-preview li")].map(li => li.textContent)`)
+	if len(fires) != 5 || !strings.HasPrefix(fires[0], "Sat") || !strings.HasSuffix(fires[0], "02:30") {
+		t.Fatalf("next fire times %q", fires)
+	}
+	if got := text("#cron-preview p"); !strings.Contains(got, "Europe/Zurich") {
+		t.Fatalf("preview zone: %q", got)
+	}
+	step("save schedule",
+		clickAndLoad("#save-schedule"),
+		chromedp.WaitVisible(chromedp.CSS("#schedules")),
+		shot("07-schedules"),
+	)
+
+	// 7. Run it now, then watch a seat change state as the engine moves it.
+	step("run now",
+		clickAndLoad(`#schedules tr[data-id="room-a101-weekly"] .run-now`),
+		chromedp.WaitVisible(chromedp.CSS("#run-seats")),
+		shot("08-run-started"),
+	)
+	const mac = "52:54:00:12:34:02"
+	seatSel := fmt.Sprintf(`#run-seats tr[data-mac=%q] .seat-state`, mac)
+	if got := text(seatSel); got != "pending" {
+		t.Fatalf("seat state at start %q", got)
+	}
+	runs, err := b.Runs(ctx)
+	if err != nil || len(runs) != 1 || len(runs[0].Seats) != 3 {
+		t.Fatalf("runs: %+v %v", runs, err)
+	}
+	runID := runs[0].ID
+	if err := b.advance(ctx, runID, mac, "restoring", "restoring nvme0n1p3 (partclone, zstd)", 3<<30, 10<<30); err != nil {
+		t.Fatal(err)
+	}
+	step("seat restoring", waitText(seatSel, "restoring"), shot("09-run-restoring"))
+	if err := b.advance(ctx, runID, mac, "verified", "Signature matches LAB-A", 10<<30, 10<<30); err != nil {
+		t.Fatal(err)
+	}
+	step("seat verified", waitText(seatSel, "verified"), shot("10-run-verified"))
+
+	// 8. The overview, and the inventory on a phone-sized screen.
+	step("overview", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(".tiles")), shot("11-overview"))
+	step("phone",
+		chromedp.EmulateViewport(390, 844),
+		chromedp.Navigate(base+"/runs/"+runID),
+		chromedp.WaitVisible(chromedp.CSS("#run-seats")),
+		shot("12-run-phone"),
+	)
+}
+
+// clickAndLoad clicks an element that submits a form and waits until the
+// next page has replaced this one, so later queries cannot run against the
+// old document while the browser is still navigating.
+func clickAndLoad(sel string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		if _, err := chromedp.Evaluate[bool](`window.__pumiOld = true`)(ctx, tg); err != nil {
+			return err
+		}
+		if _, err := chromedp.Click(chromedp.CSS(sel))(ctx, tg); err != nil {
+			return err
+		}
+		for {
+			// Errors are expected while the old page goes away.
+			done, err := chromedp.Evaluate[bool](`!window.__pumiOld && document.readyState === "complete"`)(ctx, tg)
+			if err == nil && done {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("clicked %s, the next page did not load: %w", sel, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	})
+}
+
+// waitText waits until the element's text is want; the page must change on
+// its own (htmx polling), the test never reloads it.
+func waitText(sel, want string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
+		for {
+			got, err := chromedp.Text(chromedp.CSS(sel))(ctx, tg)
+			if err != nil {
+				return err
+			}
+			if strings.TrimSpace(got) == want {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return errors.Join(ctx.Err(), fmt.Errorf("%s still says %q, want %q", sel, got, want))
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	})
+}
+
+func mustSeats(t *testing.T, b *storeBackend) []inventory.Seat {
+	t.Helper()
+	s, err := b.Seats(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
