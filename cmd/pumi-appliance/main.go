@@ -8,6 +8,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,7 @@ func main() {
 	flag.StringVar(&opts.Listen, "listen", ":8080", "HTTP listen address (web page, API, boot scripts, Clonezilla files)")
 	flag.StringVar(&opts.NFSListen, "nfs-listen", ":2049", "NFSv3 + MOUNT listen address (one TCP port)")
 	flag.StringVar(&opts.OCSListen, "ocs-listen", ":6461", "Clonezilla ocs_server status listen address")
+	flag.StringVar(&opts.PortmapListen, "portmap-listen", "", `rpcbind v2 (portmapper) listen address, e.g. ":111" (TCP+UDP); "" turns it off`)
 	flag.StringVar(&opts.APITokenFile, "api-token-file", "", "file holding the admin API token (default: <state>/api-token, created at first start)")
 	restore := flag.Bool("restore-backup", false, "replace a damaged state file by its backup (state.db.bak), then exit")
 	flag.Parse()
@@ -43,17 +45,30 @@ func main() {
 		fmt.Printf("state restored from backup; the previous file was kept as %q\n", moved)
 		return
 	}
-	if err := run(ctx, opts); err != nil {
-		fmt.Fprintln(os.Stderr, "pumi-appliance:", err)
-		os.Exit(1)
-	}
-}
-
-func run(ctx context.Context, opts appliance.Options) error {
 	app, err := appliance.Open(ctx, opts)
 	if err != nil {
-		return err
+		// A missing, read-only or damaged state directory must not become a
+		// restart loop (gokrazy restarts exited services every second):
+		// say so on the console and on the web page, and wait.
+		msg := "pumi-appliance: " + err.Error()
+		fmt.Fprintln(os.Stderr, msg)
+		if c, cerr := os.OpenFile("/dev/console", os.O_WRONLY, 0); cerr == nil {
+			fmt.Fprintln(c, msg)
+			c.Close()
+		}
+		if derr := appliance.ServeDegraded(ctx, opts.Listen, opts.StateDir, err, log); derr != nil {
+			fmt.Fprintln(os.Stderr, "pumi-appliance:", derr)
+			if errors.Is(derr, appliance.ErrListen) {
+				os.Exit(125) // gokrazy: do not restart
+			}
+			os.Exit(1)
+		}
+		return
 	}
 	defer app.Close()
-	return app.Serve(ctx)
+	if err := app.Serve(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "pumi-appliance:", err)
+		app.Close()
+		os.Exit(1)
+	}
 }

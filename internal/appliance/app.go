@@ -43,6 +43,10 @@ type Options struct {
 	Listen    string // HTTP: web page, API, boot scripts, Clonezilla files
 	NFSListen string // NFSv3 + MOUNT on one TCP port
 	OCSListen string // Clonezilla ocs_server status lines (TCP 6461)
+	// PortmapListen, if set (":111" on the appliance), answers rpcbind v2
+	// GETPORT on TCP and UDP so plain `mount server:/images` and
+	// Clonezilla's ocs_repository="nfs://..." find the NFS port.
+	PortmapListen string
 	// APITokenFile overrides <state>/api-token: a file (0600) holding the
 	// admin API token, e.g. provisioned by a deployment tool. It must exist.
 	APITokenFile string
@@ -392,6 +396,13 @@ func (a *App) Serve(ctx context.Context) error {
 		}
 	}()
 	go a.superviseNFS(ctx, nfsL)
+	if a.opts.PortmapListen != "" {
+		if err := a.servePortmap(ctx, errc); err != nil {
+			httpL.Close()
+			ocsL.Close()
+			return err
+		}
+	}
 	go a.superviseNetboot(ctx)
 	go a.st.BackupEvery(ctx, 6*time.Hour)
 	go a.serveRuns(ctx)
@@ -581,6 +592,25 @@ func (a *App) superviseNFS(ctx context.Context, l net.Listener) {
 		stop()
 		<-served
 	}
+}
+
+func (a *App) servePortmap(ctx context.Context, errc chan<- error) error {
+	var lc net.ListenConfig
+	tl, err := lc.Listen(ctx, "tcp", a.opts.PortmapListen)
+	if err != nil {
+		return fmt.Errorf("portmapper listen %s: %w (use -portmap-listen=\"\" to turn it off)", a.opts.PortmapListen, err)
+	}
+	ul, err := lc.ListenPacket(ctx, "udp", a.opts.PortmapListen)
+	if err != nil {
+		tl.Close()
+		return fmt.Errorf("portmapper listen udp %s: %w", a.opts.PortmapListen, err)
+	}
+	go func() {
+		if err := nfsexport.ServePortmap(ctx, tl, ul, a.nfsPort, a.log); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("portmapper: %w", err)
+		}
+	}()
+	return nil
 }
 
 func (a *App) setNFSStat(s componentStatus) {

@@ -355,3 +355,50 @@ func TestBadInputChangesNothing(t *testing.T) {
 		t.Errorf("image path escape accepted: %d", code)
 	}
 }
+
+// A state directory that cannot be used gives a page that says so, "boot your
+// disk" to every seat and 503 from the API, instead of a restart loop.
+func TestDegradedModeExplainsAndImagesNothing(t *testing.T) {
+	ro := filepath.Join(t.TempDir(), "missing-parent", "state")
+	_, cause := Open(context.Background(), Options{StateDir: ro, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if cause == nil {
+		t.Fatal("Open of a state dir without parent must fail")
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ServeDegraded(ctx, addr, ro, cause, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	get := func(path string) (int, string) {
+		for i := 0; ; i++ {
+			resp, err := http.Get("http://" + addr + path)
+			if err != nil {
+				if i > 100 {
+					t.Fatal(err)
+				}
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			return resp.StatusCode, string(b)
+		}
+	}
+	if code, body := get("/"); code != http.StatusServiceUnavailable || !strings.Contains(body, "missing-parent") || !strings.Contains(body, "mkfs.ext4") {
+		t.Errorf("page: %d %s", code, body)
+	}
+	if code, body := get("/boot/52-54-00-00-00-01.ipxe"); code != 200 || !strings.Contains(body, "exit 1") || strings.Contains(body, "kernel") {
+		t.Errorf("boot script: %d %s", code, body)
+	}
+	if code, _ := get("/api/v1/status"); code != http.StatusServiceUnavailable {
+		t.Errorf("api: %d", code)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
