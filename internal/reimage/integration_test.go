@@ -22,14 +22,15 @@ import (
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/store"
 	"github.com/pumi-lab/pumi/internal/testnet"
+	"github.com/pumi-lab/pumi/internal/testseat"
 )
 
 // TestScheduledRunOverOpenSSHSeats runs one scheduled restore over 16 seat
-// simulators (real sshd each, see seat_test.go) with the real power package
+// simulators (real sshd each, internal/testseat) with the real power package
 // (SSH reboot and verification, WoL) and a real notify.Outbox, and checks
 // every seat's outcome, reason and attempts.
 func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
-	testnet.Require(t, "/usr/sbin/sshd", "sudo", "unshare", "mount", "openssl")
+	testnet.Require(t, testseat.Programs...)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	lab := testnet.New(t)
@@ -47,7 +48,7 @@ func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
 
 	const image = "LAB-2026-img"
 	type spec struct {
-		b      behaviour
+		b      testseat.Behaviour
 		want   SeatState
 		reason string // substring of the final reason
 		tries  int
@@ -57,26 +58,25 @@ func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
 		specs = append(specs, spec{want: Verified, tries: 1})
 	}
 	specs = append(specs,
-		spec{b: behaviour{startOff: true}, want: Verified, tries: 1},                                         // 10: woken by WoL
-		spec{b: behaviour{failReport: 1}, want: Verified, tries: 2},                                          // 11: retried, then fine
-		spec{b: behaviour{password: "wrong"}, want: Failed, reason: "reboot: ssh auth", tries: 2},            // 12
+		spec{b: testseat.Behaviour{StartOff: true}, want: Verified, tries: 1},                                         // 10: woken by WoL
+		spec{b: testseat.Behaviour{FailReport: 1}, want: Verified, tries: 2},                                          // 11: retried, then fine
+		spec{b: testseat.Behaviour{Password: "wrong"}, want: Failed, reason: "reboot: ssh auth", tries: 2},            // 12
 		spec{want: Failed, reason: "host key mismatch", tries: 2},                                            // 13: pinned key differs
-		spec{b: behaviour{neverBack: true}, want: Failed, reason: "did not network-boot", tries: 2},          // 14
-		spec{b: behaviour{failReport: 99}, want: Failed, reason: "Clonezilla: ocs-sr exit code 1", tries: 2}, // 15
+		spec{b: testseat.Behaviour{NeverBack: true}, want: Failed, reason: "did not network-boot", tries: 2},          // 14
+		spec{b: testseat.Behaviour{FailReport: 99}, want: Failed, reason: "Clonezilla: ocs-sr exit code 1", tries: 2}, // 15
 	)
-	var sims []*simSeat
+	var sims []*testseat.Seat
 	for i, sp := range specs {
 		s := newSimSeat(ctx, t, lab, i, fmt.Sprintf("10.81.0.%d", 10+i), "http://10.81.0.1:8080", sp.b)
 		sims = append(sims, s)
-		hl.seats = append(hl.seats, Seat{ID: fmt.Sprintf("pc%02d", i), Room: "B", MAC: s.mac,
-			Addr: net.JoinHostPort(s.ip, fmt.Sprint(s.port))})
+		hl.seats = append(hl.seats, Seat{ID: fmt.Sprintf("pc%02d", i), Room: "B", MAC: s.MAC, Addr: s.Addr()})
 	}
 
 	keys := power.NewFileHostKeyStore(filepath.Join(t.TempDir(), "host_keys"))
 	other, _, _ := ed25519.GenerateKey(rand.Reader)
 	otherPub, err := ssh.NewPublicKey(other)
 	must(t, err)
-	must(t, keys.PinHostKey(ctx, image, sims[13].mac, otherPub))
+	must(t, keys.PinHostKey(ctx, image, sims[13].MAC, otherPub))
 
 	var logBuf lockedBuffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
@@ -89,7 +89,7 @@ func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
 		c: &power.Client{HostKeys: keys, ConnectTimeout: time.Second, HandshakeTimeout: 5 * time.Second,
 			CommandTimeout: 5 * time.Second, Log: log},
 		wol:  power.WoL{Interface: "br0", Ports: []int{9}, Repeat: 2, Gap: 20 * time.Millisecond, Log: log},
-		cred: power.Credential{User: seatUser, Password: seatPassword}}
+		cred: power.Credential{User: testseat.User, Password: testseat.Password}}
 
 	var sentMu sync.Mutex
 	var sent []notify.Message
@@ -146,23 +146,21 @@ func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
 				i, sp.b, s.State, s.Reason, s.Attempts, sp.want, sp.reason, sp.tries)
 		}
 		if sp.want == Verified {
-			if sig := sims[i].signature(); sig != "LAB-2026\n" {
+			if sig := sims[i].Signature(); sig != "LAB-2026\n" {
 				t.Errorf("seat %d verified but its Signature is %q", i, sig)
 			}
 			if v, _ := e.LastVerified(ctx, s.Seat.MAC); v.Image != image {
 				t.Errorf("seat %d: no verified record: %+v", i, v)
 			}
 		}
-		sims[i].mu.Lock()
-		if len(sims[i].errs) > 0 {
-			t.Errorf("seat %d simulator: %v", i, sims[i].errs)
+		if errs := sims[i].Stats().Errs; len(errs) > 0 {
+			t.Errorf("seat %d simulator: %v", i, errs)
 		}
-		sims[i].mu.Unlock()
 	}
-	if sims[10].wakes == 0 {
+	if sims[10].Stats().Wakes == 0 {
 		t.Error("the powered-off seat received no magic packet")
 	}
-	if sims[14].wakes == 0 {
+	if sims[14].Stats().Wakes == 0 {
 		t.Error("the seat that never came back was not tried with WoL on its retry")
 	}
 

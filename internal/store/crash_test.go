@@ -15,7 +15,7 @@ import (
 	"time"
 )
 
-var crashIterations = flag.Int("crash-iterations", 0, "kill -9 cycles for TestCrashRecovery (default 100, or $PUMI_CRASH_ITERATIONS)")
+var crashIterations = flag.Int("crash-iterations", 0, "kill -9 cycles for TestCrashRecovery (default 300, or $PUMI_CRASH_ITERATIONS)")
 
 const (
 	crashAccounts = 10
@@ -125,7 +125,7 @@ func TestCrashRecovery(t *testing.T) {
 		n, _ = strconv.Atoi(os.Getenv("PUMI_CRASH_ITERATIONS"))
 	}
 	if n <= 0 {
-		n = 100
+		n = 300 // "hundreds" of kill -9 cycles in every CI run (30-60 s)
 		if testing.Short() {
 			n = 20
 		}

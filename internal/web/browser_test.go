@@ -2,7 +2,6 @@ package web
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,18 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/chromedp/chromedp"
 
 	"github.com/pumi-lab/pumi/internal/inventory"
-	"github.com/pumi-lab/pumi/internal/testnet"
+	"github.com/pumi-lab/pumi/internal/testbrowser"
 )
-
-// chromiumPath is Debian's chromium package.
-const chromiumPath = "/usr/bin/chromium"
 
 // TestBrowserFlow drives Debian's Chromium (headless, through the DevTools
 // protocol with chromedp) through the admin's first session against the
@@ -32,15 +27,21 @@ const chromiumPath = "/usr/bin/chromium"
 // schedule with the live cron preview, run it and watch a seat's state
 // change on the page without a reload. It writes a screenshot of every page
 // to $PUMI_WEB_SCREENSHOTS (or the test's artifact directory).
+//
+// The same flow runs against a real pumi-appliance process in
+// internal/appliance's TestBrowserFlow; this one stays because here the test
+// moves the seat itself, so the run page's restoring (bytes, throughput) and
+// verified rows are shown and checked, which a run without a lab of real
+// seats never reaches.
 func TestBrowserFlow(t *testing.T) {
-	testnet.Require(t, chromiumPath)
-	shots := os.Getenv("PUMI_WEB_SCREENSHOTS")
-	if shots == "" {
-		shots = t.ArtifactDir()
-	}
-	if err := os.MkdirAll(shots, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	br := testbrowser.Start(t, testbrowser.Options{
+		// The rejected CSV is answered 422 on purpose; the browser logs
+		// every 4xx page load.
+		ExpectedConsole: []string{"status of 422"},
+	})
+	ctx := br.Context()
+	step, shot, text, strs := br.Step, br.Shot, br.Text, br.Strings
+	clickAndLoad, waitText := testbrowser.ClickAndLoad, testbrowser.WaitText
 
 	// Real server on loopback.
 	b, st := newStoreBackend(t, t.TempDir())
@@ -70,106 +71,6 @@ func TestBrowserFlow(t *testing.T) {
 	}
 	if err := os.Remove(filepath.Join(half, "nvme0n1p2.ext4-ptcl-img.zst")); err != nil {
 		t.Fatal(err)
-	}
-
-	// Chromium with every flag that keeps it off the internet, and a fresh
-	// profile.
-	opts := []chromedp.ExecAllocatorOption{
-		chromedp.ExecPath(chromiumPath),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("headless", true),
-		chromedp.Flag("no-sandbox", true),
-		chromedp.Flag("disable-gpu", true),
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("no-first-run", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		chromedp.Flag("hide-scrollbars", true),
-		chromedp.WindowSize(1280, 900),
-	}
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelA()
-	bctx, cancelB := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
-	defer cancelB()
-	// One bound for the whole flow so a broken page fails instead of
-	// hanging CI; the steps themselves wait for what they need.
-	ctx, cancel := context.WithTimeout(bctx, 2*time.Minute)
-	defer cancel()
-
-	// Every page must load without a console error: a CSP violation, a
-	// script error or a failed request shows up here.
-	var consoleMu sync.Mutex
-	var consoleErrs []string
-	messages := chromedp.Console(ctx)
-	go func() {
-		for m, err := range messages {
-			if err != nil {
-				return
-			}
-			// The rejected CSV is answered 422 on purpose; the browser
-			// logs every 4xx page load.
-			if strings.Contains(m.Text, "status of 422") {
-				continue
-			}
-			if m.IsException() || m.Type == "error" || m.Type == "warning" {
-				consoleMu.Lock()
-				consoleErrs = append(consoleErrs, fmt.Sprintf("%s %s (%s:%d)", m.Type, m.Text, m.URL, m.Line))
-				consoleMu.Unlock()
-			}
-		}
-	}()
-	defer func() {
-		consoleMu.Lock()
-		defer consoleMu.Unlock()
-		for _, m := range consoleErrs {
-			t.Errorf("browser console: %s", m)
-		}
-	}()
-
-	type void = chromedp.Action[chromedp.Void]
-	step := func(name string, actions ...void) {
-		t.Helper()
-		start := time.Now()
-		if err := chromedp.Do(ctx, actions...); err != nil {
-			// The flow's context may be what ran out; look with a fresh one.
-			lctx, cancel := context.WithTimeout(bctx, 10*time.Second)
-			defer cancel()
-			url, _ := chromedp.Run(lctx, chromedp.Location())
-			if png, err := chromedp.Run(lctx, chromedp.FullScreenshot(100)); err == nil {
-				os.WriteFile(filepath.Join(shots, "failed.png"), png, 0o644)
-			}
-			t.Fatalf("step %q (at %s): %v", name, url, err)
-		}
-		t.Logf("step %-28s %v", name, time.Since(start).Round(time.Millisecond))
-	}
-	shot := func(name string) void {
-		return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-			png, err := chromedp.FullScreenshot(100)(ctx, tg)
-			if err != nil {
-				return err
-			}
-			return os.WriteFile(filepath.Join(shots, name+".png"), png, 0o644)
-		})
-	}
-	// get reads a value from the page.
-	get := func(what string, a chromedp.Action[string]) string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, a)
-		if err != nil {
-			t.Fatalf("reading %s: %v", what, err)
-		}
-		return v
-	}
-	text := func(sel string) string { t.Helper(); return get(sel, chromedp.Text(chromedp.CSS(sel))) }
-	strs := func(expr string) []string {
-		t.Helper()
-		v, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](expr))
-		if err != nil {
-			t.Fatalf("evaluating %s: %v", expr, err)
-		}
-		return v
 	}
 
 	// 1. First visit: any page leads to setting the password.
@@ -248,7 +149,7 @@ func TestBrowserFlow(t *testing.T) {
 	}
 
 	// 5. Fix the row in the text box the page filled with the file.
-	shown := get("the CSV text box", chromedp.Value(chromedp.CSS("#csv-text")))
+	shown := br.Value("#csv-text")
 	if shown != badCSV {
 		t.Fatalf("the page did not keep the file to fix: %q", shown)
 	}
@@ -334,53 +235,6 @@ func TestBrowserFlow(t *testing.T) {
 		chromedp.WaitVisible(chromedp.CSS("#run-seats")),
 		shot("12-run-phone"),
 	)
-}
-
-// clickAndLoad clicks an element that submits a form and waits until the
-// next page has replaced this one, so later queries cannot run against the
-// old document while the browser is still navigating.
-func clickAndLoad(sel string) chromedp.Action[chromedp.Void] {
-	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		if _, err := chromedp.Evaluate[bool](`window.__pumiOld = true`)(ctx, tg); err != nil {
-			return err
-		}
-		if _, err := chromedp.Click(chromedp.CSS(sel))(ctx, tg); err != nil {
-			return err
-		}
-		for {
-			// Errors are expected while the old page goes away.
-			done, err := chromedp.Evaluate[bool](`!window.__pumiOld && document.readyState === "complete"`)(ctx, tg)
-			if err == nil && done {
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return fmt.Errorf("clicked %s, the next page did not load: %w", sel, ctx.Err())
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	})
-}
-
-// waitText waits until the element's text is want; the page must change on
-// its own (htmx polling), the test never reloads it.
-func waitText(sel, want string) chromedp.Action[chromedp.Void] {
-	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
-		for {
-			got, err := chromedp.Text(chromedp.CSS(sel))(ctx, tg)
-			if err != nil {
-				return err
-			}
-			if strings.TrimSpace(got) == want {
-				return nil
-			}
-			select {
-			case <-ctx.Done():
-				return errors.Join(ctx.Err(), fmt.Errorf("%s still says %q, want %q", sel, got, want))
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
-	})
 }
 
 func mustSeats(t *testing.T, b *storeBackend) []inventory.Seat {
