@@ -26,10 +26,13 @@ import (
 )
 
 // The appliance's address in every network of this test: slirp hands it out
-// by DHCP (checks 1-3), the updated image sets it statically (checks 3-4),
-// and on the lab bridge (check 4) the test's own side is 10.91.0.1.
+// by DHCP (checks 1-3), the updated image starts with it as its build-time
+// static address (check 3), the setup page sets it again on the lab bridge
+// (check 4), where the test's own side is 10.91.0.1. setupIP is the address
+// the setup page gives it in between (checks 3-4).
 const (
 	applianceIP = "10.91.0.2"
+	setupIP     = "10.91.0.3"
 	bridgeCIDR  = "10.91.0.1/24"
 	testTokenAt = "/etc/pumi/test-api-token"
 )
@@ -37,13 +40,18 @@ const (
 // TestApplianceImage is the proof for the appliance image (issue 7), on the
 // real image built from this working tree and booted in QEMU (TCG):
 //
-//  1. pumi's page answers on :80, gokrazy's UI on its own port with auth;
+//  1. pumi's page answers on :80 (pumi runs gokrazy's dhcp as a DHCP
+//     client, gokrazy does not start it), gokrazy's UI on its own port
+//     with auth;
 //  2. seats written through the API survive a hard power-off;
-//  3. `gok update` into the running VM: the new build (static address)
-//     runs and /perm is kept;
-//  4. the updated appliance on a lab bridge with its static address serves
-//     full DHCP + TFTP + its per-MAC iPXE script to an OVMF lab PC, which
-//     ends on its local disk (`exit 1`);
+//  3. `gok update` into the running VM: the new build runs with its
+//     build-time static address (pumi-image -static) and /perm is kept;
+//     then the setup page (PUT /api/v1/config) gives it another address,
+//     and it leaves the old one;
+//  4. the updated appliance on a lab bridge boots with the setup page's
+//     address (not the image's), is moved back to 10.91.0.2 through the
+//     API at run time, and serves full DHCP + TFTP + its per-MAC iPXE
+//     script to an OVMF lab PC, which ends on its local disk (`exit 1`);
 //
 // plus the appliance's behaviour with a damaged /perm, boot time to
 // serving and pumi's memory use (logged as FIGURE lines).
@@ -122,9 +130,13 @@ func TestApplianceImage(t *testing.T) {
 		if code := ui.status(t, "/", true); code != http.StatusOK {
 			t.Errorf("gokrazy UI with password: %d, want 200", code)
 		}
-		if o := ui.overview(t); o.BuildTimestamp != res.BuildTimestamp || o.PermTotal == 0 {
+		o := ui.overview(t)
+		if o.BuildTimestamp != res.BuildTimestamp || o.PermTotal == 0 {
 			t.Errorf("gokrazy reports build %q (want %q), /perm size %d (want the formatted partition)", o.BuildTimestamp, res.BuildTimestamp, o.PermTotal)
 		}
+		// The address came from pumi's own run of gokrazy's dhcp: gokrazy
+		// keeps its dhcp service stopped.
+		checkDHCPStopped(t, o)
 		logMemory(t, ui)
 	}) {
 		return
@@ -171,15 +183,34 @@ func TestApplianceImage(t *testing.T) {
 		}
 		static := false
 		for _, s := range o.Services {
-			if strings.HasSuffix(s.Path, "/dhcp") && strings.Contains(strings.Join(s.Args, " "), `-static_network_config={"IP":"`+applianceIP+`"`) {
+			if s.Path == "/user/pumi-appliance" && strings.Contains(strings.Join(s.Args, " "),
+				`-manage-network={"mode":"static","address":"`+applianceIP+`/24","gateway":"10.91.0.1"}`) {
 				static = true
 			}
 		}
 		if !static {
-			t.Errorf("the updated build does not run gokrazy's dhcp with the static address: %+v", o.Services)
+			t.Errorf("the updated build does not give pumi the build-time static address: %+v", o.Services)
+		}
+		checkDHCPStopped(t, o)
+		if l := ui.log(t, "/user/pumi-appliance", "stderr"); !strings.Contains(l, "static address applied") {
+			t.Errorf("pumi's log does not show gokrazy's dhcp applying the static address (exit 125):\n%s", lastLines(l, 20))
 		}
 		if got := api.seats(t); len(got) != 2 {
 			t.Errorf("seats after update: %v (/perm not kept?)", got)
+		}
+		// The setup page: a new address. pumi answers, then leaves the
+		// old address (slirp's forward to it stops answering).
+		api.do(t, "PUT", "/api/v1/config", `{"network":{"mode":"static","address":"`+setupIP+`/24","gateway":"10.91.0.1"}}`, 200, nil)
+		gone := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+		for end := time.Now().Add(time.Minute); ; time.Sleep(time.Second) {
+			resp, err := gone.Get(pumiURL + "/")
+			if err != nil {
+				break
+			}
+			resp.Body.Close()
+			if time.Now().After(end) {
+				t.Fatalf("a minute after the setup page moved it to %s, pumi still answers at %s", setupIP, applianceIP)
+			}
 		}
 		vm.Kill()
 	}) {
@@ -193,18 +224,34 @@ func TestApplianceImage(t *testing.T) {
 		disk := testvm.LocalDisk(t)
 		nc := nsClient(ns)
 		lapi := apiClient{c: nc, base: "http://" + applianceIP, token: token}
+		sapi := apiClient{c: nc, base: "http://" + setupIP, token: token}
 		vm = bootAppliance(t, t, ctx, "appliance-lab", res.Image, false, ns, tapNet(tapA, "52:54:00:91:00:02"))
-		if _, err := waitHTTP(ctx, nc, lapi.base+"/", 200, 4*time.Minute); err != nil {
+		// The address from the setup page wins over the image's.
+		if _, err := waitHTTP(ctx, nc, sapi.base+"/", 200, 4*time.Minute); err != nil {
 			t.Fatal(err)
 		}
-		t.Logf("FIGURE boot to pumi's page, static address on the lab bridge: %.1fs", time.Since(vm.start).Seconds())
-		if got := lapi.seats(t); len(got) != 2 {
+		t.Logf("FIGURE boot to pumi's page, setup page's static address on the lab bridge: %.1fs", time.Since(vm.start).Seconds())
+		if got := sapi.seats(t); len(got) != 2 {
 			t.Errorf("seats on the lab boot: %v", got)
+		}
+		// Moved at run time through the API; the old address goes.
+		network := `"network":{"mode":"static","address":"` + applianceIP + `/24","gateway":"10.91.0.1"}`
+		t0 := time.Now()
+		sapi.do(t, "PUT", "/api/v1/config", "{"+network+"}", 200, nil)
+		if _, err := waitHTTP(ctx, nc, lapi.base+"/", 200, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("FIGURE address change from the setup page to pumi answering at the new address: %.1fs", time.Since(t0).Seconds())
+		short := nsClient(ns)
+		short.Timeout = 3 * time.Second
+		if resp, err := short.Get(sapi.base + "/"); err == nil {
+			resp.Body.Close()
+			t.Errorf("pumi still answers at its previous address %s after moving to %s", setupIP, applianceIP)
 		}
 		labMAC := testvm.RandomMAC()
 		var imp json.RawMessage
 		lapi.do(t, "POST", "/api/v1/seats/import?mode=merge", labMAC+",10.91.0.50,lab,lab-pc,lab1\n", 200, &imp)
-		cfg := `{"netboot":{"mode":"full","interface":"eth0","server_ip":"` + applianceIP + `","subnet":"10.91.0.0/24",` +
+		cfg := `{` + network + `,"netboot":{"mode":"full","interface":"eth0","server_ip":"` + applianceIP + `","subnet":"10.91.0.0/24",` +
 			`"range_start":"10.91.0.100","range_end":"10.91.0.199","router":"10.91.0.1","lease_time":"1h"}}`
 		lapi.do(t, "PUT", "/api/v1/config", cfg, 200, nil)
 		deadline := time.Now().Add(time.Minute)
@@ -303,6 +350,21 @@ func TestApplianceImage(t *testing.T) {
 		t.Errorf("with a damaged /perm pumi must answer on :80 with a page that names /perm and must not restart (got page err %v, restarting %v)", perr, restarting)
 		_ = vm
 	})
+}
+
+// checkDHCPStopped checks that gokrazy itself does not run its dhcp (pumi
+// does, with the setup page's settings; two clients would fight over eth0).
+func checkDHCPStopped(t testing.TB, o gokOverview) {
+	t.Helper()
+	for _, s := range o.Services {
+		if s.Path == "/gokrazy/dhcp" {
+			if !s.Stopped {
+				t.Errorf("gokrazy runs its own dhcp beside pumi's: %+v", s)
+			}
+			return
+		}
+	}
+	t.Errorf("no /gokrazy/dhcp in the image (pumi runs it): %+v", o.Services)
 }
 
 type tWriter struct{ t testing.TB }

@@ -128,6 +128,11 @@ func (c *Config) Check() error {
 	if c.Update == nil || c.Update.HTTPPort == "" || c.Update.HTTPPort == "80" {
 		probs = append(probs, `Update.HTTPPort must move gokrazy's web UI off port 80 (pumi serves there), e.g. "8080"`)
 	}
+	// Exactly one program must configure eth0: two DHCP clients fight over
+	// it, none leaves the box unreachable.
+	if manages, dontStart := c.managesNetwork(), c.PackageConfig[dhcpPackage].DontStart; manages != dontStart {
+		probs = append(probs, fmt.Sprintf("pumi-appliance's %s and %s's DontStart go together (pumi runs gokrazy's dhcp itself, gokrazy must not also start it)", manageNetworkFlag, dhcpPackage))
+	}
 	if len(probs) > 0 {
 		return fmt.Errorf("gokrazy config.json: %s", strings.Join(probs, "; "))
 	}
@@ -243,9 +248,51 @@ func (n StaticNetwork) LeaseJSON() string {
 	return string(b)
 }
 
-// SetStaticNetwork makes gokrazy's dhcp program configure n instead of
-// asking a DHCP server.
+// manageNetworkFlag is pumi-appliance's flag that makes it run gokrazy's
+// dhcp itself, so that the setup page can change the address at run time.
+const manageNetworkFlag = "-manage-network"
+
+// NetworkJSON is n as pumi stores the appliance's network settings (the
+// config's "network" object), the form -manage-network takes.
+func (n StaticNetwork) NetworkJSON() string {
+	type network struct {
+		Mode    string   `json:"mode"`
+		Address string   `json:"address"`
+		Gateway string   `json:"gateway,omitempty"`
+		DNS     []string `json:"dns,omitempty"`
+	}
+	v := network{Mode: "static", Address: n.Address.String()}
+	if n.Router.IsValid() {
+		v.Gateway = n.Router.String()
+	}
+	for _, d := range n.DNS {
+		v.DNS = append(v.DNS, d.String())
+	}
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+// managesNetwork reports whether pumi-appliance runs gokrazy's dhcp itself.
+func (c *Config) managesNetwork() bool {
+	return slices.ContainsFunc(c.PackageConfig[AppliancePackage].CommandLineFlags, func(f string) bool {
+		return f == manageNetworkFlag || strings.HasPrefix(f, manageNetworkFlag+"=")
+	})
+}
+
+// SetStaticNetwork gives the appliance the fixed address n. When pumi runs
+// gokrazy's dhcp itself (-manage-network), n becomes the address the image
+// starts with until the setup page sets one; otherwise gokrazy's dhcp gets
+// it as -static_network_config.
 func (c *Config) SetStaticNetwork(n StaticNetwork) {
+	if c.managesNetwork() {
+		pc := c.Package(AppliancePackage)
+		pc.CommandLineFlags = slices.DeleteFunc(pc.CommandLineFlags, func(f string) bool {
+			return f == manageNetworkFlag || strings.HasPrefix(f, manageNetworkFlag+"=")
+		})
+		pc.CommandLineFlags = append(pc.CommandLineFlags, manageNetworkFlag+"="+n.NetworkJSON())
+		c.SetPackage(AppliancePackage, pc)
+		return
+	}
 	pc := c.Package(dhcpPackage)
 	pc.CommandLineFlags = slices.DeleteFunc(pc.CommandLineFlags, func(f string) bool {
 		return strings.HasPrefix(f, "-static_network_config")

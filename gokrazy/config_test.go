@@ -5,8 +5,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/pumi-lab/pumi/internal/appliance"
 )
 
 // TestCommittedInstance checks the committed gokrazy/pumi instance: a valid
@@ -24,7 +27,7 @@ func TestCommittedInstance(t *testing.T) {
 		t.Error("the committed config must not set a password (or disable it): pumi-image injects one")
 	}
 	flags := strings.Join(c.PackageConfig[AppliancePackage].CommandLineFlags, " ")
-	for _, f := range []string{"-state=/perm/pumi", "-listen=:80"} {
+	for _, f := range []string{"-state=/perm/pumi", "-listen=:80", "-manage-network=dhcp"} {
 		if !strings.Contains(flags, f) {
 			t.Errorf("pumi-appliance flags %q lack %s", flags, f)
 		}
@@ -138,6 +141,49 @@ func TestStaticNetwork(t *testing.T) {
 	c.SetStaticNetwork(StaticNetwork{Address: netip.MustParsePrefix("10.1.0.3/16")})
 	if f := c.PackageConfig[dhcpPackage].CommandLineFlags; len(f) != 1 || !strings.Contains(f[0], `"10.1.0.3"`) {
 		t.Errorf("dhcp flags %q", f)
+	}
+}
+
+// TestStaticNetworkManaged: with pumi running gokrazy's dhcp itself, the
+// build-time address becomes -manage-network's value, which pumi reads back
+// as the same settings, and gokrazy's dhcp gets no flag of its own.
+func TestStaticNetworkManaged(t *testing.T) {
+	c, err := LoadConfig(filepath.Join("pumi", "config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := ParseStaticNetwork("10.20.0.2/24,router=10.20.0.1,dns=10.20.0.1+9.9.9.9")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetStaticNetwork(n)
+	c.SetStaticNetwork(n) // replaces, does not add a second flag
+	var vals []string
+	for _, f := range c.PackageConfig[AppliancePackage].CommandLineFlags {
+		if v, ok := strings.CutPrefix(f, "-manage-network="); ok {
+			vals = append(vals, v)
+		}
+	}
+	if len(vals) != 1 {
+		t.Fatalf("-manage-network flags: %q", vals)
+	}
+	got, on, err := appliance.ParseManageNetwork(vals[0])
+	if err != nil || !on || got.Mode != "static" || got.Address != n.Address || got.Gateway != n.Router ||
+		!slices.Equal(got.DNS, n.DNS) {
+		t.Errorf("pumi reads %s as %+v (on %v, err %v), want %+v", vals[0], got, on, err, n)
+	}
+	if f := c.PackageConfig[dhcpPackage].CommandLineFlags; len(f) != 0 {
+		t.Errorf("gokrazy's dhcp (not started) got flags %q", f)
+	}
+	if err := c.Check(); err != nil {
+		t.Error(err)
+	}
+	// Two programs configuring eth0, or none, is refused.
+	pc := c.PackageConfig[dhcpPackage]
+	pc.DontStart = false
+	c.PackageConfig[dhcpPackage] = pc
+	if err := c.Check(); err == nil || !strings.Contains(err.Error(), "DontStart") {
+		t.Errorf("pumi and gokrazy both running dhcp: %v", err)
 	}
 }
 

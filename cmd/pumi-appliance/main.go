@@ -29,6 +29,7 @@ func main() {
 	flag.StringVar(&opts.OCSListen, "ocs-listen", ":6461", "Clonezilla ocs_server status listen address")
 	flag.StringVar(&opts.PortmapListen, "portmap-listen", "", `rpcbind v2 (portmapper) listen address, e.g. ":111" (TCP+UDP); "" turns it off`)
 	flag.StringVar(&opts.APITokenFile, "api-token-file", "", "file holding the admin API token (default: <state>/api-token, created at first start)")
+	flag.StringVar(&opts.ManageNetwork, "manage-network", "", `gokrazy only: run gokrazy's dhcp for the address set on the setup page; "dhcp" or the image's default network JSON until one is set; "" leaves the network alone`)
 	restore := flag.Bool("restore-backup", false, "replace a damaged state file by its backup (state.db.bak), then exit")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))

@@ -53,6 +53,10 @@ type Options struct {
 	Log          *slog.Logger
 	// Runs tunes the runs engine's timeouts and limits (zero: defaults).
 	Runs reimage.Config
+	// ManageNetwork, on gokrazy only, makes pumi run gokrazy's dhcp for the
+	// appliance's own address as the setup page sets it: "" (off), "dhcp" or
+	// the image's default network object (see ParseManageNetwork).
+	ManageNetwork string
 }
 
 // App is a running appliance.
@@ -403,6 +407,7 @@ func (a *App) Serve(ctx context.Context) error {
 			return err
 		}
 	}
+	go a.superviseHostNetwork(ctx)
 	go a.superviseNetboot(ctx)
 	go a.st.BackupEvery(ctx, 6*time.Hour)
 	go a.serveRuns(ctx)

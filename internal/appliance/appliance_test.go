@@ -16,6 +16,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pumi-lab/pumi/internal/clonezilla"
 )
 
 // testApp is an appliance running on loopback with a fresh state directory.
@@ -400,5 +402,15 @@ func TestDegradedModeExplainsAndImagesNothing(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestReportedBytes(t *testing.T) {
+	l, err := clonezilla.ParseStatusLine("10.99.0.23,52:54:00:ab:cd:ef,,,,Unicast restored LAB-A-img, nvme0n1p1, success, 0.1 GB, 0.02 mins, 5.1 GB/min; nvme0n1p2, success, 512 MB, 0.3 mins, 4.0 GB/min;")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := reportedBytes(l); got != 612_000_000 {
+		t.Errorf("reportedBytes = %d, want 612000000", got)
 	}
 }

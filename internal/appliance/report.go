@@ -201,6 +201,7 @@ func (a *App) handleOCS(ctx context.Context, c net.Conn) {
 				return addEvent(tx, Event{MAC: asg.MAC, RunID: asg.RunID, Kind: "ocs-status", Message: "Clonezilla status line without success: " + line.Report})
 			}
 			asg.OCSLine = line.String()
+			asg.Bytes = reportedBytes(line)
 			asg.Updated = time.Now().UTC()
 			if err := assignmentBucket.Put(tx, asg.MAC, asg); err != nil {
 				return err
@@ -219,4 +220,23 @@ func remoteIP(hostport string) netip.Addr {
 		return netip.Addr{}
 	}
 	return ap.Addr().Unmap()
+}
+
+// reportedBytes adds up the "used" sizes of a status line's partitions
+// ("0.1 GB", "512 MB"); Clonezilla rounds them, so this is approximate.
+func reportedBytes(l clonezilla.StatusLine) int64 {
+	var total float64
+	for _, p := range l.Parts {
+		var v float64
+		var unit string
+		if _, err := fmt.Sscanf(strings.TrimSpace(p.Used), "%g %s", &v, &unit); err != nil || v < 0 {
+			continue
+		}
+		mult := map[string]float64{"B": 1, "KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[strings.ToUpper(unit)]
+		total += v * mult
+	}
+	if total > 1<<62 {
+		return 0
+	}
+	return int64(total)
 }

@@ -151,7 +151,7 @@ func (a *App) RunNow(ctx context.Context, scheduleID string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	r, err := a.engine.Start(ctx, reimage.Request{Name: s.Name, Action: s.Action, Target: s.Target, Window: s.Window,
+	r, err := a.engine.Start(ctx, reimage.Request{ScheduleID: s.ID, Name: s.Name, Action: s.Action, Target: s.Target, Window: s.Window,
 		OnlyUnverified: s.OnlyUnverified})
 	if err != nil {
 		return "", err
@@ -249,7 +249,7 @@ func (l lab) JobState(ctx context.Context, mac, key string) (reimage.JobState, e
 		if !ok || asg.RunID != key {
 			return reimage.ErrNoJob
 		}
-		js = reimage.JobState{State: asg.State, Reason: asg.Reason, Boots: asg.Boots, Updated: asg.Updated}
+		js = reimage.JobState{State: asg.State, Reason: asg.Reason, Boots: asg.Boots, Bytes: asg.Bytes, Updated: asg.Updated}
 		return nil
 	})
 	return js, err

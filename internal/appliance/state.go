@@ -64,7 +64,10 @@ type Assignment struct {
 	Boots int `json:"boots"`
 	// OCSLine is set when Clonezilla's own ocs_server status line reported
 	// success for this seat during the current boot.
-	OCSLine   string    `json:"ocs_line,omitempty"`
+	OCSLine string `json:"ocs_line,omitempty"`
+	// Bytes is the data Clonezilla reported restored or saved (from its
+	// status line's per-partition sizes).
+	Bytes     int64     `json:"bytes,omitempty"`
 	Created   time.Time `json:"created"`
 	Updated   time.Time `json:"updated"`
 	LogFile   string    `json:"log_file,omitempty"` // Clonezilla's log as uploaded, below <state>/logs

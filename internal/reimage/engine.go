@@ -84,7 +84,7 @@ func (e *Engine) Start(ctx context.Context, req Request) (Run, error) {
 	if id == "" {
 		id = "manual-" + now.UTC().Format("20060102T150405.000000000Z")
 	}
-	return e.start(ctx, id, "", req.Name, req.Action, req.Target, now, now.Add(req.Window), req.Window, req.OnlyUnverified)
+	return e.start(ctx, id, req.ScheduleID, req.Name, req.Action, req.Target, now, now.Add(req.Window), req.Window, req.OnlyUnverified)
 }
 
 func (e *Engine) start(ctx context.Context, id, schedID, name string, act schedule.Action, target schedule.Target,

@@ -61,7 +61,7 @@ func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
 		spec{b: testseat.Behaviour{StartOff: true}, want: Verified, tries: 1},                                         // 10: woken by WoL
 		spec{b: testseat.Behaviour{FailReport: 1}, want: Verified, tries: 2},                                          // 11: retried, then fine
 		spec{b: testseat.Behaviour{Password: "wrong"}, want: Failed, reason: "reboot: ssh auth", tries: 2},            // 12
-		spec{want: Failed, reason: "host key mismatch", tries: 2},                                            // 13: pinned key differs
+		spec{want: Failed, reason: "host key mismatch", tries: 2},                                                     // 13: pinned key differs
 		spec{b: testseat.Behaviour{NeverBack: true}, want: Failed, reason: "did not network-boot", tries: 2},          // 14
 		spec{b: testseat.Behaviour{FailReport: 99}, want: Failed, reason: "Clonezilla: ocs-sr exit code 1", tries: 2}, // 15
 	)

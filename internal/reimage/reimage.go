@@ -285,6 +285,7 @@ type VerifiedImage struct {
 // Request starts a run by hand (the admin's "restore room B now").
 type Request struct {
 	ID             string // optional; empty: generated
+	ScheduleID     string // the schedule a "run now" belongs to; "" for an ad-hoc run
 	Name           string
 	Action         schedule.Action
 	Target         schedule.Target

@@ -1,21 +1,25 @@
 package reimage
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/testnet"
+	"github.com/pumi-lab/pumi/internal/testseat"
 )
 
 // httpLab is the appliance side of a run as the integration tests need it:
@@ -187,4 +191,84 @@ func (p *sshPower) Wake(ctx context.Context, seats []Seat) error {
 		macs = append(macs, m)
 	}
 	return p.in(func() error { return p.wol.Wake(ctx, macs) })
+}
+
+// newSimSeat adds seat n (MAC 02:81:00:00:00:<n>, sshd on port 2200+n) to
+// lab's bridge br0 at ip; it network-boots from httpLab at bootBase.
+func newSimSeat(ctx context.Context, t *testing.T, lab *testnet.NS, n int, ip, bootBase string, b testseat.Behaviour) *testseat.Seat {
+	t.Helper()
+	mac := fmt.Sprintf("02:81:00:00:00:%02x", n)
+	return testseat.New(ctx, t, testseat.Config{Lab: lab, MAC: mac, IP: ip, Port: 2200 + n, Signature: "LAB-2025\n",
+		Behaviour: b, BootURL: bootBase + "/boot/" + strings.ReplaceAll(mac, ":", "-") + ".ipxe", Netboot: httpLabBoot})
+}
+
+var tokenRE = regexp.MustCompile(`pumi_token=(\S+) pumi_image=(\S+)`)
+
+// httpLabBoot is testseat's Config.Netboot against httpLab: one pass
+// through the firmware, iPXE and (maybe) Clonezilla, reporting with httpLab's
+// /report/<mac>?token=&state=&reason= protocol.
+func httpLabBoot(ctx context.Context, s *testseat.Seat) error {
+	for round := 0; ; round++ {
+		script, err := s.Get(ctx, s.Boot)
+		if err != nil {
+			return err
+		}
+		s.CountBoot()
+		m := tokenRE.FindStringSubmatch(script)
+		if m == nil {
+			if !strings.Contains(script, "exit 1") {
+				return fmt.Errorf("seat %s: unexpected boot script %q", s.MAC, script)
+			}
+			_, err := s.Start(nil) // boots its disk
+			return err
+		}
+		if round > 3 {
+			return fmt.Errorf("seat %s: restore loop", s.MAC)
+		}
+		token, image := m[1], m[2]
+		report := func(state, reason string) error {
+			_, err := s.Get(ctx, fmt.Sprintf("%s/report/%s?token=%s&state=%s&reason=%s",
+				strings.SplitN(s.Boot, "/boot/", 2)[0], strings.ReplaceAll(s.MAC, ":", "-"), token, state, reason))
+			return err
+		}
+		if err := report("running", ""); err != nil {
+			return err
+		}
+		if s.BeginRestore() <= s.B.FailReport {
+			if err := report("failed", "ocs-sr+exit+code+1"); err != nil {
+				return err
+			}
+			continue // Clonezilla reboots; the next script is a local exit
+		}
+		if err := s.SetSignature(testseat.SignatureFor(image) + "\n"); err != nil {
+			return err
+		}
+		if err := report("done", ""); err != nil {
+			return err
+		}
+	}
+}
+
+func must(t testing.TB, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -11,6 +11,7 @@ package testbrowser
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -94,15 +95,25 @@ func Start(t testing.TB, o Options) *Browser {
 	tab, cancelB := chromedp.NewContext(actx, chromedp.WithErrorf(t.Logf))
 	ctx, cancel := context.WithTimeout(tab, o.Timeout)
 	b := &Browser{t: t, ctx: ctx, tab: tab, Shots: shots}
+	// Start Chromium now, with the tab's context (the browser lives as long
+	// as the tab): chromedp starts it on first use without a lock, so two
+	// first uses at once (the console reader and the first step) would race.
+	if err := chromedp.Do(tab); err != nil {
+		cancel()
+		cancelB()
+		cancelA()
+		t.Fatalf("starting %s: %v", ChromiumPath, err)
+	}
 
 	// Every page must load without a console error: a CSP violation, a
 	// script error or a failed request shows up here.
 	var mu sync.Mutex
 	var errs []string
 	done := make(chan struct{})
+	messages := chromedp.Console(ctx)
 	go func() {
 		defer close(done)
-		for m, err := range chromedp.Console(ctx) {
+		for m, err := range messages {
 			if err != nil {
 				return
 			}
@@ -173,10 +184,44 @@ func (b *Browser) Get(what string, a chromedp.Action[string]) string {
 	return v
 }
 
-// Text is the text of the first element matching the CSS selector.
+// Text is the text of the first element matching the CSS selector, once
+// there is one.
 func (b *Browser) Text(sel string) string {
 	b.t.Helper()
-	return b.Get(sel, chromedp.Text(chromedp.CSS(sel)))
+	v, err := chromedp.Run(b.ctx, waitTextOf(sel))
+	if err != nil {
+		b.t.Fatalf("reading %s: %v", sel, err)
+	}
+	return v
+}
+
+// textOf reads the text (as rendered, innerText) of the first element
+// matching sel in one evaluation: a page that swaps parts of itself (htmx)
+// can replace the element between chromedp's "find the node" and "read
+// it", which fails chromedp.Text. nil: no such element now.
+func textOf(sel string) chromedp.Action[*string] {
+	q, _ := json.Marshal(sel)
+	return chromedp.Evaluate[*string](fmt.Sprintf(`(e => e ? e.innerText : null)(document.querySelector(%s))`, q))
+}
+
+// waitTextOf is textOf once the element exists.
+func waitTextOf(sel string) chromedp.Action[string] {
+	return func(ctx context.Context, tg *chromedp.Target) (string, error) {
+		for {
+			v, err := textOf(sel)(ctx, tg)
+			if err != nil {
+				return "", err
+			}
+			if v != nil {
+				return *v, nil
+			}
+			select {
+			case <-ctx.Done():
+				return "", fmt.Errorf("no element %s on the page: %w", sel, ctx.Err())
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
 }
 
 // Value is the value of the first form field matching the CSS selector.
@@ -236,11 +281,14 @@ func WaitTextFunc(sel, wanted string, ok func(string) bool, seen func(string)) A
 	return chromedp.Func(func(ctx context.Context, tg *chromedp.Target) error {
 		last := "\x00"
 		for {
-			got, err := chromedp.Text(chromedp.CSS(sel))(ctx, tg)
+			v, err := textOf(sel)(ctx, tg)
 			if err != nil {
 				return err
 			}
-			got = strings.TrimSpace(got)
+			got := "(no such element)"
+			if v != nil {
+				got = strings.TrimSpace(*v)
+			}
 			if got != last && seen != nil {
 				seen(got)
 			}

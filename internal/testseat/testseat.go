@@ -41,6 +41,7 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/pumi-lab/pumi/internal/testnet"
 )
@@ -251,11 +252,9 @@ var vethSeq atomic.Int64
 // namespace joined to bridge by a veth pair whose outer end stays here.
 func hostHere(t testing.TB, bridge, mac, cidr string) *testnet.NS {
 	t.Helper()
-	self, err1 := os.Readlink("/proc/self/ns/net")
-	initNS, err2 := os.Readlink("/proc/1/ns/net")
-	if err1 != nil || err2 != nil || self == initNS {
-		t.Fatalf("testseat: Config.Lab is nil but this process is in the machine's own network namespace "+
-			"(%s, %v, %v); give the lab namespace, or re-execute the test inside it", self, err1, err2)
+	if _, ok := OwnNamespace(); !ok {
+		t.Fatal("testseat: Config.Lab is nil but this process is not in a test namespace (testnet's pumi-*); " +
+			"give the lab namespace, or re-execute the test inside it")
 	}
 	h := testnet.New(t)
 	id := vethSeq.Add(1)
@@ -277,6 +276,23 @@ func hostHere(t testing.TB, bridge, mac, cidr string) *testnet.NS {
 	h.MustIP("addr", "add", cidr, "dev", "eth0")
 	h.MustIP("link", "set", "eth0", "up")
 	return h
+}
+
+// OwnNamespace names the testnet namespace (/run/netns/pumi-*) the calling
+// thread is in; ok is false in any other namespace, e.g. the machine's own.
+func OwnNamespace() (name string, ok bool) {
+	var self unix.Stat_t
+	if err := unix.Stat("/proc/thread-self/ns/net", &self); err != nil {
+		return "", false
+	}
+	names, _ := filepath.Glob("/run/netns/pumi-*")
+	for _, n := range names {
+		var st unix.Stat_t
+		if unix.Stat(n, &st) == nil && st.Dev == self.Dev && st.Ino == self.Ino {
+			return filepath.Base(n), true
+		}
+	}
+	return "", false
 }
 
 // NewHostKey returns a fresh ed25519 host key.
