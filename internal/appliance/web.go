@@ -222,7 +222,7 @@ func (b webBackend) webRun(ctx context.Context, r reimage.Run) web.Run {
 	}
 	for _, s := range r.Seats {
 		sp := web.SeatProgress{MAC: s.Seat.MAC, Hostname: hostnames[s.Seat.MAC], State: string(s.State), Reason: s.Reason,
-			LastEvent: s.LastEvent, Started: s.Started, Updated: s.Since, Bytes: s.Bytes, HasLog: true}
+			LastEvent: s.LastEvent, Started: s.Started, Updated: s.Since, Finished: s.Finished, Bytes: s.Bytes, HasLog: true}
 		if !s.Started.IsZero() && s.Bytes > 0 {
 			end := s.Finished
 			if end.IsZero() {

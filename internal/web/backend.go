@@ -163,8 +163,9 @@ type SeatProgress struct {
 	LastEvent string    `json:"last_event,omitempty"`
 	Started   time.Time `json:"started,omitzero"`
 	Updated   time.Time `json:"updated,omitzero"`
-	Bytes     int64     `json:"bytes,omitempty"` // restored so far, when known
-	Total     int64     `json:"total,omitempty"` // image size, when known
-	Rate      float64   `json:"rate,omitempty"`  // bytes per second, when known
+	Finished  time.Time `json:"finished,omitzero"` // reached a final state; the elapsed time stops there
+	Bytes     int64     `json:"bytes,omitempty"`   // restored so far, when known
+	Total     int64     `json:"total,omitempty"`   // image size, when known
+	Rate      float64   `json:"rate,omitempty"`    // bytes per second, when known
 	HasLog    bool      `json:"has_log,omitempty"`
 }
