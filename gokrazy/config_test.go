@@ -152,6 +152,13 @@ func TestStaticNetworkManaged(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if !c.managesNetwork() {
+		// The committed instance may not have switched yet: do it here.
+		c.AddFlags(AppliancePackage, "-manage-network=dhcp")
+		pc := c.Package(dhcpPackage)
+		pc.DontStart = true
+		c.SetPackage(dhcpPackage, pc)
+	}
 	n, err := ParseStaticNetwork("10.20.0.2/24,router=10.20.0.1,dns=10.20.0.1+9.9.9.9")
 	if err != nil {
 		t.Fatal(err)

@@ -57,6 +57,9 @@ func main() {
 			fmt.Fprintln(c, msg)
 			c.Close()
 		}
+		// Without its state pumi still brings up the network (the image's
+		// -manage-network default), so that page can be reached.
+		go appliance.RunHostNetwork(ctx, opts.ManageNetwork, log)
 		if derr := appliance.ServeDegraded(ctx, opts.Listen, opts.StateDir, err, log); derr != nil {
 			fmt.Fprintln(os.Stderr, "pumi-appliance:", derr)
 			if errors.Is(derr, appliance.ErrListen) {

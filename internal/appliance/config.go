@@ -134,8 +134,10 @@ func (c Config) Validate() error {
 	switch c.Network.Mode {
 	case "", "dhcp":
 	case "static":
-		if !c.Network.Address.IsValid() || !c.Network.Address.Addr().Is4() {
-			probs = append(probs, "a static address needs network.address like 10.20.0.5/24")
+		// The same check the host network supervisor applies, so the API
+		// refuses what gokrazy's DHCP client could not configure.
+		if _, err := dhcpArgs(c.Network); err != nil {
+			probs = append(probs, err.Error())
 		}
 	default:
 		probs = append(probs, "network.mode must be dhcp or static")

@@ -3,9 +3,10 @@ package appliance
 // The appliance's own address on gokrazy. gokrazy's DHCP client
 // (/gokrazy/dhcp) only takes a static address as a command-line flag baked
 // into the image, but the admin sets it on the setup page (Config.Network),
-// which can change at any time. So the image leaves gokrazy's dhcp out of
-// its system packages and pumi runs that same program itself, with the
-// flags the stored settings call for, and runs it again when they change.
+// which can change at any time. So the image has gokrazy not start its dhcp
+// (PackageConfig DontStart; the program stays in the image) and pumi runs
+// that same program itself, with the flags the stored settings call for,
+// and runs it again when they change.
 // Off unless -manage-network is given: a development machine's network is
 // never touched.
 
