@@ -15,13 +15,15 @@ import (
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/store"
+	"github.com/pumi-lab/pumi/internal/web"
 )
 
 // maxBody bounds JSON and CSV request bodies.
 const maxBody = 4 << 20
 
 // apiRoutes registers the JSON API. Every route needs the admin API token
-// (Authorization: Bearer <token>, the token is in <state>/api-token), except
+// (Authorization: Bearer <token>: the token in <state>/api-token or one created
+// on the web page), except
 // the Clonezilla report, which has its own per-seat token.
 func (a *App) apiRoutes(mux *http.ServeMux) {
 	h := func(pattern string, fn func(http.ResponseWriter, *http.Request) error) {
@@ -50,7 +52,13 @@ func (a *App) apiRoutes(mux *http.ServeMux) {
 func (a *App) requireAdmin(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(a.apiToken)) != 1 {
+		if ok && subtle.ConstantTimeCompare([]byte(got), []byte(a.apiToken)) != 1 {
+			// Tokens created on the web page (Settings → API tokens) work
+			// too; the token file is for the first contact and scripts on
+			// the same machine.
+			ok, _ = web.CheckAPIToken(r.Context(), a.webAuth, got)
+		}
+		if !ok {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="pumi"`)
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "missing or wrong API token (see <state dir>/api-token)"})
 			return

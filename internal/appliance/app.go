@@ -72,10 +72,11 @@ type App struct {
 
 	changes notifier // config changes, for the supervisors
 
-	sshKey *power.Key
-	ssh    *power.Client
-	outbox *notify.Outbox
-	engine *reimage.Engine
+	webAuth web.AuthStore // admin password, sessions, API tokens of the web page
+	sshKey  *power.Key
+	ssh     *power.Client
+	outbox  *notify.Outbox
+	engine  *reimage.Engine
 
 	ready    chan struct{} // closed once Serve has bound its listeners
 	httpAddr net.Addr
@@ -114,6 +115,7 @@ func Open(ctx context.Context, opts Options) (*App, error) {
 			return nil, fmt.Errorf("state directory %s: %w", st.Dir(), err)
 		}
 	}
+	a.webAuth = web.NewStoreAuth(st)
 	if err := a.startRuns(); err != nil {
 		st.Close()
 		return nil, err
@@ -381,7 +383,7 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	mux.Handle("/live/", http.StripPrefix("/live", live))
 	a.apiRoutes(mux)
-	pages, err := web.New(webBackend{a}, web.Options{Auth: web.NewStoreAuth(a.st)}, a.log)
+	pages, err := web.New(webBackend{a}, web.Options{Auth: a.webAuth}, a.log)
 	if err != nil {
 		return err
 	}

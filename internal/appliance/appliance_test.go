@@ -4,6 +4,8 @@ import (
 	"archive/zip"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/clonezilla"
+	"github.com/pumi-lab/pumi/internal/web"
 )
 
 // testApp is an appliance running on loopback with a fresh state directory.
@@ -412,5 +415,38 @@ func TestReportedBytes(t *testing.T) {
 	}
 	if got := reportedBytes(l); got != 612_000_000 {
 		t.Errorf("reportedBytes = %d, want 612000000", got)
+	}
+}
+
+// A token created on the web page works for /api/v1 too; a revoked one no longer.
+func TestWebAPITokenWorksForAPI(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	tok := "web-token-0123456789abcdefghijklmnop"
+	sum := sha256.Sum256([]byte(tok))
+	ctx := context.Background()
+	if err := ta.app.webAuth.PutToken(ctx, web.APIToken{ID: "t1", Name: "script", Hash: hex.EncodeToString(sum[:]), Created: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	call := func(bearer string) int {
+		req, _ := http.NewRequest("GET", ta.base+"/api/v1/status", nil)
+		req.Header.Set("Authorization", "Bearer "+bearer)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if c := call(tok); c != 200 {
+		t.Errorf("web token: %d, want 200", c)
+	}
+	if c := call(tok + "x"); c != http.StatusUnauthorized {
+		t.Errorf("wrong token: %d, want 401", c)
+	}
+	if err := ta.app.webAuth.DeleteToken(ctx, "t1"); err != nil {
+		t.Fatal(err)
+	}
+	if c := call(tok); c != http.StatusUnauthorized {
+		t.Errorf("revoked token: %d, want 401", c)
 	}
 }

@@ -262,3 +262,14 @@ func (l *limiter) allow(ip string) bool {
 	}
 	return l.global.take(now, 10*l.burst, l.refill/10)
 }
+
+// CheckAPIToken reports whether tok is one of the API tokens created on the
+// web page, so the appliance's own /api/v1 accepts them too (on gokrazy the
+// admin cannot read the token file in the state directory).
+func CheckAPIToken(ctx context.Context, auth AuthStore, tok string) (bool, error) {
+	if tok == "" {
+		return false, nil
+	}
+	_, ok, err := auth.TokenByHash(ctx, hashToken(tok))
+	return ok, err
+}
