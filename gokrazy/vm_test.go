@@ -2,7 +2,6 @@ package gokrazy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -11,11 +10,8 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/pumi-lab/pumi/internal/testnet"
 	"github.com/pumi-lab/pumi/internal/testvm"
@@ -59,7 +55,7 @@ func tapNet(tap, mac string) []string {
 func bootAppliance(t, owner testing.TB, ctx context.Context, name, img string, uefi bool, ns *testnet.NS, netArgs []string) *applianceVM {
 	t.Helper()
 	waited := time.Now()
-	unlock, err := vmSlot(ctx)
+	unlock, err := testvm.Slot(ctx)
 	if err != nil {
 		t.Fatalf("waiting for the VM slot: %v", err)
 	}
@@ -140,35 +136,6 @@ func lastLines(s string, n int) string {
 		l = l[len(l)-n:]
 	}
 	return strings.Join(l, "\n")
-}
-
-// vmSlot takes testvm's machine-wide VM lock (the same file), polling so
-// that ctx is honoured.
-func vmSlot(ctx context.Context) (func(), error) {
-	if err := os.MkdirAll(testvm.CacheDir(), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(testvm.CacheDir(), "vm.lock"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		if err == nil {
-			var once sync.Once
-			return func() { once.Do(func() { f.Close() }) }, nil
-		}
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			f.Close()
-			return nil, err
-		}
-		select {
-		case <-ctx.Done():
-			f.Close()
-			return nil, fmt.Errorf("another VM is still running on this machine: %w", ctx.Err())
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }
 
 // nsClient is an HTTP client whose connections are made inside ns (the

@@ -161,7 +161,7 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		c.Timeout = 5 * time.Minute
 	}
 	waited := time.Now()
-	release, err := vmSlot(ctx)
+	release, err := Slot(ctx)
 	if err != nil {
 		t.Fatalf("testvm: waiting for the VM slot: %v", err)
 	}
@@ -211,8 +211,11 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 	return v
 }
 
-// vmSlot takes the machine-wide VM lock, polling so that ctx is honoured.
-func vmSlot(ctx context.Context) (func(), error) {
+// Slot takes the machine-wide VM lock (one TCG guest at a time shares the two
+// cores sanely), polling so that ctx is honoured; call the returned func to
+// release it. Start takes it itself; tests that run QEMU another way (the
+// gokrazy image test) take it here.
+func Slot(ctx context.Context) (func(), error) {
 	if err := os.MkdirAll(CacheDir(), 0o755); err != nil {
 		return nil, err
 	}
