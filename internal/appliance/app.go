@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"time"
@@ -429,87 +430,108 @@ func (a *App) Serve(ctx context.Context) error {
 }
 
 // superviseNetboot runs the DHCP/TFTP server with the current config and
-// restarts it when the config changes. A failure (interface missing, port in
-// use) is shown in the status and retried after the next change or a minute.
+// restarts it when what it serves changes: the netboot settings, or the
+// inventory's addresses, which become full mode's reservations (rechecked
+// every few seconds, so an imported CSV takes effect without a restart). A
+// failure (interface missing, port in use) is shown in the status and the
+// same config is retried after a minute.
 func (a *App) superviseNetboot(ctx context.Context) {
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	var (
+		running  *netboot.Config // what the server was started with; nil: not running
+		stop     = func() {}
+		done     chan error
+		failed   *netboot.Config // the config that last failed, and when
+		failedAt time.Time
+	)
+	halt := func() {
+		stop()
+		if done != nil {
+			<-done
+		}
+		running, done = nil, nil
+	}
+	defer halt()
 	for {
 		changed := a.changes.wait()
-		runCtx, stop := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		started := a.startNetboot(runCtx, done)
-		var retry <-chan time.Time
+		want, off, err := a.netbootWanted(ctx)
+		switch {
+		case err != nil:
+			halt()
+			a.setNetStat(componentStatus{Error: err.Error()})
+		case off:
+			halt()
+			a.setNetStat(componentStatus{Detail: "(enable it in the configuration)"})
+			a.mu.Lock()
+			a.nbServer = nil
+			a.mu.Unlock()
+		case running != nil && reflect.DeepEqual(want, *running):
+			// Serving exactly this already.
+		case failed != nil && reflect.DeepEqual(want, *failed) && time.Since(failedAt) < time.Minute:
+			// Retried after a minute, not on every tick.
+		default:
+			halt()
+			runCtx, cancel := context.WithCancel(ctx)
+			srv, err := netboot.New(want, admission{a}, leaseStore{a.st}, assets.IPXE(), a.log)
+			if err != nil {
+				cancel()
+				failed, failedAt = &want, time.Now()
+				a.setNetStat(componentStatus{Error: err.Error()})
+				a.log.Error("netboot not started", "err", err)
+				break
+			}
+			cfg := want
+			running, stop, done = &cfg, cancel, make(chan error, 1)
+			a.mu.Lock()
+			a.nbServer = srv
+			a.mu.Unlock()
+			go func(done chan<- error) { done <- srv.Run(runCtx) }(done)
+			go func() {
+				select {
+				case <-srv.Ready():
+					a.setNetStat(componentStatus{Running: true, Detail: fmt.Sprintf("(%s on %s)", cfg.Mode, cfg.Interface)})
+				case <-runCtx.Done():
+				}
+			}()
+		}
 		select {
 		case <-ctx.Done():
-			stop()
-			if started {
-				<-done
-			}
 			return
 		case <-changed:
+		case <-tick.C:
 		case err := <-done:
+			if err == nil {
+				err = errors.New("netboot server stopped")
+			}
+			failed, failedAt = running, time.Now()
+			running, done = nil, nil
+			stop()
 			a.setNetStat(componentStatus{Error: err.Error()})
 			a.log.Error("netboot stopped", "err", err)
-			retry = time.After(time.Minute)
-			select {
-			case <-ctx.Done():
-				stop()
-				return
-			case <-changed:
-			case <-retry:
-			}
-		}
-		stop()
-		if started {
-			<-done
 		}
 	}
 }
 
-func (a *App) startNetboot(ctx context.Context, done chan<- error) bool {
+// netbootWanted is the netboot server's config from the state; off when the
+// admin has not enabled it.
+func (a *App) netbootWanted(ctx context.Context) (nc netboot.Config, off bool, err error) {
 	cfg, err := a.Config(ctx)
 	if err != nil {
-		done <- err
-		return true
+		return nc, false, err
 	}
 	if cfg.Netboot.Mode == string(netboot.ModeOff) {
-		a.setNetStat(componentStatus{Detail: "(enable it in the configuration)"})
-		a.mu.Lock()
-		a.nbServer = nil
-		a.mu.Unlock()
-		return false
+		return nc, true, nil
 	}
 	res, err := a.reservations(ctx)
 	if err != nil {
-		done <- err
-		return true
+		return nc, false, err
 	}
-	nc, err := cfg.netbootConfig(a.httpPort, res)
+	nc, err = cfg.netbootConfig(a.httpPort, res)
 	if err == nil && nc.HTTPBase == "" {
-		var base string
-		base, _, err = a.httpBase(cfg)
-		nc.HTTPBase = base
+		nc.HTTPBase, _, err = a.httpBase(cfg)
 	}
-	if err != nil {
-		done <- err
-		return true
-	}
-	srv, err := netboot.New(nc, admission{a}, leaseStore{a.st}, assets.IPXE(), a.log)
-	if err != nil {
-		done <- err
-		return true
-	}
-	a.mu.Lock()
-	a.nbServer = srv
-	a.mu.Unlock()
-	go func() { done <- srv.Run(ctx) }()
-	go func() {
-		select {
-		case <-srv.Ready():
-			a.setNetStat(componentStatus{Running: true, Detail: fmt.Sprintf("(%s on %s)", nc.Mode, nc.Interface)})
-		case <-ctx.Done():
-		}
-	}()
-	return true
+	return nc, false, err
 }
 
 func (a *App) setNetStat(s componentStatus) {

@@ -450,3 +450,36 @@ func TestWebAPITokenWorksForAPI(t *testing.T) {
 		t.Errorf("revoked token: %d, want 401", c)
 	}
 }
+
+// Seats imported after full DHCP was enabled become reservations without a
+// restart: the supervisor's wanted config changes with the inventory.
+func TestReservationsFollowInventory(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	ta.mustDo("PUT", "/api/v1/config", "application/json", []byte(`{"netboot":{"mode":"full","interface":"pumi-none0",
+		"server_ip":"10.77.0.1","subnet":"10.77.0.0/24","range_start":"10.77.0.100","range_end":"10.77.0.199"}}`))
+	ctx := context.Background()
+	before, off, err := ta.app.netbootWanted(ctx)
+	if err != nil || off || len(before.Reservations) != 0 {
+		t.Fatalf("before import: %+v off=%v err=%v", before.Reservations, off, err)
+	}
+	ta.mustDo("POST", "/api/v1/seats/import", "text/csv", []byte("52:54:00:00:00:01,10.77.0.11,alumno\n52:54:00:00:00:02,10.88.0.12,alumno\n"))
+	after, _, err := ta.app.netbootWanted(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after.Reservations) != 1 || after.Reservations[0].IP.String() != "10.77.0.11" {
+		t.Fatalf("reservations after import: %+v (only the seat inside the lab subnet belongs there)", after.Reservations)
+	}
+	// The supervisor reports the missing interface instead of serving.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		st := ta.app.Status()
+		if strings.Contains(st.Netboot.Error, "pumi-none0") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("netboot status: %+v", st.Netboot)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
