@@ -108,7 +108,7 @@ func runInLab(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	var logBuf lockedBuffer
+	var logBuf testnet.LockedBuffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	defer func() {
 		if t.Failed() {
@@ -335,23 +335,6 @@ func must(t testing.TB, err error) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // liveZipRepo copies internal/clonezilla's real image folders (LAB-A-img,
 // made by ocs-sr) and adds a Clonezilla-live-shaped zip.
 func liveZipRepo(t *testing.T) string {
@@ -438,7 +421,7 @@ func startSMTP(t *testing.T, port int, certFile, keyFile, outdir string) {
 	must(t, err)
 	stdout, err := cmd.StdoutPipe()
 	must(t, err)
-	var stderr lockedBuffer
+	var stderr testnet.LockedBuffer
 	cmd.Stderr = &stderr
 	must(t, cmd.Start())
 	done := make(chan struct{})

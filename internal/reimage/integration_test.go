@@ -78,7 +78,7 @@ func TestScheduledRunOverOpenSSHSeats(t *testing.T) {
 	must(t, err)
 	must(t, keys.PinHostKey(ctx, image, sims[13].MAC, otherPub))
 
-	var logBuf lockedBuffer
+	var logBuf testnet.LockedBuffer
 	log := slog.New(slog.NewTextHandler(&logBuf, nil))
 	defer func() {
 		if t.Failed() {

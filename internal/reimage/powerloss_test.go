@@ -25,6 +25,8 @@ import (
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/store"
+
+	"github.com/pumi-lab/pumi/internal/testnet"
 )
 
 // The power-loss harness. The engine runs in a child process (this test
@@ -496,11 +498,11 @@ func TestPowerLoss(t *testing.T) {
 
 	exe, err := os.Executable()
 	must(t, err)
-	start := func() (*exec.Cmd, *lockedBuffer) {
+	start := func() (*exec.Cmd, *testnet.LockedBuffer) {
 		fj, _ := json.Marshal(fires)
 		cmd := exec.Command(exe, "-test.run=^TestPowerLossChild$", "-test.count=1")
 		cmd.Env = append(os.Environ(), childEnv+"="+dir, "PUMI_WORLD_URL=http://"+ln.Addr().String()+"/", "PUMI_FIRES="+string(fj))
-		out := &lockedBuffer{}
+		out := &testnet.LockedBuffer{}
 		cmd.Stdout, cmd.Stderr = out, out
 		must(t, cmd.Start())
 		return cmd, out

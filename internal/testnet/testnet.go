@@ -213,3 +213,23 @@ func (n *NS) Do(fn func() error) error {
 	}()
 	return <-errc
 }
+
+// LockedBuffer is a bytes.Buffer safe for concurrent use, for collecting the
+// output of a program a test runs (its stdout and stderr are written from two
+// goroutines while the test reads it).
+type LockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *LockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *LockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}

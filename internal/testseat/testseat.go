@@ -151,7 +151,7 @@ type Seat struct {
 	mu       sync.Mutex
 	cmd      *exec.Cmd
 	done     chan struct{}
-	stderr   *lockedBuffer
+	stderr   *testnet.LockedBuffer
 	wakes    int
 	restores int
 	boots    int
@@ -164,23 +164,6 @@ type Stats struct {
 	Restores int     // restores it began (including failed and cut ones)
 	Boots    int     // network boots (boot scripts fetched)
 	Errs     []error // simulator errors (a test should fail on any)
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func must(t testing.TB, err error) {
@@ -417,7 +400,7 @@ func (s *Seat) Start(hostKey ed25519.PrivateKey) (ssh.PublicKey, error) {
 	}
 	cmd := s.Host.Command(context.Background(), "unshare", "-m", "--propagation", "private",
 		"/bin/sh", "-euc", seatScript, "seat", s.Dir)
-	stderr := &lockedBuffer{}
+	stderr := &testnet.LockedBuffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	// sshd's session processes inherit its stderr; without a bound, Wait
 	// would wait for the last of them (a seat that went silent keeps one
