@@ -1,7 +1,6 @@
 package appliance
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -157,23 +156,6 @@ func FuzzParseManageNetwork(f *testing.F) {
 	})
 }
 
-// syncBuf is a log sink safe for the supervisor's goroutines.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuf) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestHostNetworkGokrazyDHCP runs the supervisor against gokrazy's real
 // dhcp program (built from the version the image pins) on a veth "machine"
@@ -220,7 +202,7 @@ func TestHostNetworkGokrazyDHCP(t *testing.T) {
 		mu.Unlock()
 		changes.notify()
 	}
-	logs := &syncBuf{}
+	logs := &testnet.LockedBuffer{}
 	h := &hostNet{
 		// dhcp signals PID 1 (gokrazy's init) after configuring; in its own
 		// PID namespace that is a shell, which ignores it.
