@@ -156,7 +156,6 @@ func FuzzParseManageNetwork(f *testing.F) {
 	})
 }
 
-
 // TestHostNetworkGokrazyDHCP runs the supervisor against gokrazy's real
 // dhcp program (built from the version the image pins) on a veth "machine"
 // in a namespace, with dnsmasq as the LAN's DHCP server: DHCP client, then

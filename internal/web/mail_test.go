@@ -15,7 +15,6 @@ import (
 	"github.com/pumi-lab/pumi/internal/testnet"
 )
 
-
 // TestSendTestMail presses "send a test mail" against a real SMTP server
 // (Debian's python3-aiosmtpd, printing what it receives) on loopback, then
 // against a port where nothing listens: the page says so in plain words.
