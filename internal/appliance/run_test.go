@@ -2,26 +2,13 @@ package appliance_test
 
 import (
 	"archive/zip"
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
-	"mime"
-	"mime/multipart"
-	"net"
 	"net/http"
-	"net/mail"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,6 +25,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/testnet"
 	"github.com/pumi-lab/pumi/internal/testseat"
+	"github.com/pumi-lab/pumi/internal/testsmtp"
 )
 
 // The test's lab: pumi at .1, seats from .10, on br0.
@@ -45,9 +33,6 @@ const (
 	labNet    = "10.83.0"
 	pumiIP    = labNet + ".1"
 	labEnv    = "PUMI_RUN_TEST_LAB" // set in the re-executed child: the lab namespace it runs in
-	python    = "/usr/bin/python3"  // Debian's, with python3-aiosmtpd
-	mailUser  = "pumi@lab.example"
-	mailPass  = "abcd efgh ijkl mnop"
 	image     = "LAB-A-img"
 	labRoom   = "lab"
 	childWait = 170 * time.Second
@@ -68,8 +53,8 @@ const (
 // the real appliance runs on the lab network.
 func TestRunThroughAppliance(t *testing.T) {
 	if os.Getenv(labEnv) == "" {
-		testnet.Require(t, append([]string{"nsenter", python}, testseat.Programs...)...)
-		requireAiosmtpd(t)
+		testnet.Require(t, append([]string{"nsenter", testsmtp.Python}, testseat.Programs...)...)
+		testsmtp.Require(t)
 		lab := testnet.New(t)
 		lab.Bridge("br0", pumiIP+"/24")
 		ctx, cancel := context.WithTimeout(context.Background(), childWait+10*time.Second)
@@ -141,9 +126,9 @@ func runInLab(t *testing.T) {
 	)
 
 	// The SMTP server, on the lab namespace's own loopback.
-	certFile, keyFile, caPEM := testCert(t)
-	mailPort, outdir := freePort(t), t.TempDir()
-	startSMTP(t, mailPort, certFile, keyFile, outdir)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	mailPort, outdir := testsmtp.FreePort(t), t.TempDir()
+	testsmtp.Start(t, mailPort, certFile, keyFile, outdir, testsmtp.Opts{})
 
 	// A seat that was verified on the image before, with another host key:
 	// its pin is in the appliance's host key store (<state>/host_keys, the
@@ -186,14 +171,14 @@ func runInLab(t *testing.T) {
 		"repository": repo,
 		"wol_gap":    "50ms",
 		"ssh":        []map[string]string{{"scope": "room", "name": labRoom, "user": testseat.User}},
-		"mail": map[string]any{"host": "127.0.0.1", "port": mailPort, "username": mailUser, "from": "pumi <" + mailUser + ">",
+		"mail": map[string]any{"host": "127.0.0.1", "port": mailPort, "username": testsmtp.User, "from": "pumi <" + testsmtp.User + ">",
 			"to": []string{"admin@lab.example"}, "tls": "starttls", "ca_cert_pem": caPEM},
 	}
 	body, _ := json.Marshal(cfg)
 	must(t, api.do(ctx, "PUT", "/api/v1/config", "application/json", body, nil))
 	must(t, api.do(ctx, "POST", "/api/v1/live/import", "application/json", []byte(`{"zip":"clonezilla-live-3.3.0-33-amd64.zip"}`), nil))
 	must(t, app.SetSecret(ctx, appliance.SSHSecretName("room", labRoom), testseat.Password))
-	must(t, app.SetSecret(ctx, appliance.SecretMail, mailPass))
+	must(t, app.SetSecret(ctx, appliance.SecretMail, testsmtp.Password))
 
 	// The seats, and the inventory by CSV import.
 	csv := "mac,ip,user,hostname,room\n"
@@ -274,9 +259,9 @@ func runInLab(t *testing.T) {
 	}
 
 	// The report arrives once, with the run log attached.
-	var msgs []*mail.Message
+	var msgs []testsmtp.Received
 	for {
-		msgs = inbox(t, outdir)
+		msgs = testsmtp.Inbox(t, outdir)
 		if len(msgs) > 0 {
 			break
 		}
@@ -288,10 +273,18 @@ func runInLab(t *testing.T) {
 	// Stop the appliance (its outbox included) before counting: nothing
 	// may be sent twice.
 	stop()
-	if msgs = inbox(t, outdir); len(msgs) != 1 {
+	if msgs = testsmtp.Inbox(t, outdir); len(msgs) != 1 {
 		t.Fatalf("%d report mails, want 1", len(msgs))
 	}
-	text, attach := mailParts(t, msgs[0])
+	var text string
+	var attach [][]byte
+	for _, p := range testsmtp.Parts(t, msgs[0].Msg) {
+		if p.Filename != "" {
+			attach = append(attach, p.Body)
+		} else if p.ContentType == "text/plain" {
+			text += string(p.Body)
+		}
+	}
 	if !strings.Contains(text, "pc15") || !strings.Contains(text, "did not network-boot") {
 		t.Errorf("report text lacks the seat that never came back:\n%s", text)
 	}
@@ -299,7 +292,7 @@ func runInLab(t *testing.T) {
 		t.Errorf("report attachments: %d, want 1 run log naming the host key mismatch", len(attach))
 	}
 	t.Logf("run over %d OpenSSH seats through the appliance finished in %s; report %q:\n%s",
-		len(specs), took.Round(time.Millisecond), msgs[0].Header.Get("Subject"), text)
+		len(specs), took.Round(time.Millisecond), msgs[0].Msg.Header.Get("Subject"), text)
 }
 
 type apiClient struct{ base, token string }
@@ -358,159 +351,4 @@ func liveZipRepo(t *testing.T) string {
 	must(t, zw.Close())
 	must(t, f.Close())
 	return repo
-}
-
-// The SMTP peer is internal/notify's: Debian's python3-aiosmtpd via
-// ../notify/testdata/smtpd.py (STARTTLS required, AUTH for one user).
-
-func requireAiosmtpd(t *testing.T) {
-	t.Helper()
-	if out, err := exec.Command(python, "-c", "import aiosmtpd").CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("python3-aiosmtpd missing (CI must install it: see .ci/run): %v %s", err, out)
-		}
-		t.Skipf("python3-aiosmtpd missing: %v %s", err, out)
-	}
-}
-
-// testCert writes a self-signed certificate for 127.0.0.1 and returns the
-// paths and the PEM (which the appliance is told to trust).
-func testCert(t *testing.T) (certFile, keyFile, certPEM string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	must(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "pumi test smtp"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	must(t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	must(t, err)
-	dir := t.TempDir()
-	certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	must(t, os.WriteFile(certFile, []byte(certPEM), 0o600))
-	must(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
-	return certFile, keyFile, certPEM
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	must(t, err)
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-// startSMTP runs smtpd.py on 127.0.0.1:port until the test ends (stdin EOF
-// stops it) and waits for READY.
-func startSMTP(t *testing.T, port int, certFile, keyFile, outdir string) {
-	t.Helper()
-	cmd := exec.Command(python, "../notify/testdata/smtpd.py", "--port", fmt.Sprint(port), "--cert", certFile,
-		"--key", keyFile, "--user", mailUser, "--password", mailPass, "--outdir", outdir)
-	stdin, err := cmd.StdinPipe()
-	must(t, err)
-	stdout, err := cmd.StdoutPipe()
-	must(t, err)
-	var stderr testnet.LockedBuffer
-	cmd.Stderr = &stderr
-	must(t, cmd.Start())
-	done := make(chan struct{})
-	ready := make(chan bool, 1)
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(stdout)
-		ok := false
-		for sc.Scan() {
-			if sc.Text() == "READY" && !ok {
-				ok = true
-				ready <- true
-			}
-		}
-		if !ok {
-			ready <- false
-		}
-		cmd.Wait()
-	}()
-	t.Cleanup(func() {
-		stdin.Close()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-			<-done
-		}
-	})
-	if !<-ready {
-		t.Fatalf("smtpd.py did not start: %s", stderr.String())
-	}
-}
-
-// inbox reads the messages smtpd.py wrote (whole files only: it renames
-// them into place).
-func inbox(t *testing.T, dir string) []*mail.Message {
-	t.Helper()
-	names, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
-	var out []*mail.Message
-	for _, n := range names {
-		raw, err := os.ReadFile(n)
-		must(t, err)
-		m, err := mail.ReadMessage(bytes.NewReader(raw))
-		must(t, err)
-		out = append(out, m)
-	}
-	return out
-}
-
-// mailParts returns a multipart message's text and its attachments' bytes.
-func mailParts(t *testing.T, m *mail.Message) (text string, attachments [][]byte) {
-	t.Helper()
-	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
-	if err != nil || !strings.HasPrefix(mt, "multipart/") {
-		t.Fatalf("report Content-Type %q: %v", m.Header.Get("Content-Type"), err)
-	}
-	var walk func(r io.Reader, boundary string)
-	walk = func(r io.Reader, boundary string) {
-		mr := multipart.NewReader(r, boundary)
-		for {
-			p, err := mr.NextPart() // decodes quoted-printable
-			if err == io.EOF {
-				return
-			}
-			must(t, err)
-			ct, ps, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
-			if strings.HasPrefix(ct, "multipart/") {
-				walk(p, ps["boundary"])
-				continue
-			}
-			b, err := io.ReadAll(p)
-			must(t, err)
-			if strings.EqualFold(p.Header.Get("Content-Transfer-Encoding"), "base64") {
-				b = decodeBase64(t, b)
-			}
-			if p.FileName() != "" {
-				attachments = append(attachments, b)
-			} else if ct == "text/plain" {
-				text += string(b)
-			}
-		}
-	}
-	walk(m.Body, params["boundary"])
-	return text, attachments
-}
-
-func decodeBase64(t *testing.T, b []byte) []byte {
-	t.Helper()
-	out, err := base64.StdEncoding.DecodeString(strings.Join(strings.Fields(string(b)), ""))
-	must(t, err)
-	return out
 }

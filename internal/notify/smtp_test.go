@@ -1,271 +1,23 @@
 package notify
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/json"
-	"encoding/pem"
 	"errors"
-	"io"
-	"math/big"
 	"mime"
-	"mime/multipart"
-	"mime/quotedprintable"
-	"net"
-	"net/mail"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
-	"encoding/base64"
-
-	"github.com/pumi-lab/pumi/internal/testnet"
+	"github.com/pumi-lab/pumi/internal/testsmtp"
 )
 
-// The real peer: Debian's python3-aiosmtpd, run with the system Python
-// (/usr/bin/python3; a pyenv python3 earlier in PATH may lack the module).
-const python = "/usr/bin/python3"
-
-const (
-	testUser = "pumi@lab.example"
-	testPass = "abcd efgh ijkl mnop" // app-password shaped
-)
-
-func requireAiosmtpd(t *testing.T) {
-	t.Helper()
-	testnet.Require(t, python)
-	if out, err := exec.Command(python, "-c", "import aiosmtpd").CombinedOutput(); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("python3-aiosmtpd missing (CI must install it: see .ci/run): %v %s", err, out)
-		}
-		t.Skipf("python3-aiosmtpd missing: %v %s", err, out)
-	}
-}
-
-// testCert writes a self-signed certificate for 127.0.0.1/localhost and
-// returns the paths and the PEM (which the Mailer is told to trust).
-func testCert(t *testing.T) (certFile, keyFile, certPEM string) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(time.Now().UnixNano()),
-		Subject:               pkix.Name{CommonName: "pumi test smtp"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:              []string{"localhost"},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	certPEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	if err := os.WriteFile(certFile, []byte(certPEM), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return certFile, keyFile, certPEM
-}
-
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-type smtpServer struct {
-	t      *testing.T
-	cmd    *exec.Cmd
-	stdin  io.WriteCloser
-	outdir string
-	done   chan error
-}
-
-type serverOpts struct {
-	onlyMech    string
-	implicitTLS bool
-}
-
-// startSMTP runs testdata/smtpd.py on 127.0.0.1:port and waits for READY.
-func startSMTP(t *testing.T, port int, certFile, keyFile, outdir string, o serverOpts) *smtpServer {
-	t.Helper()
-	args := []string{"testdata/smtpd.py", "--port", strconv.Itoa(port), "--cert", certFile, "--key", keyFile,
-		"--user", testUser, "--password", testPass, "--outdir", outdir}
-	if o.onlyMech != "" {
-		args = append(args, "--only-mech", o.onlyMech)
-	}
-	if o.implicitTLS {
-		args = append(args, "--implicit-tls")
-	}
-	cmd := exec.Command(python, args...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	s := &smtpServer{t: t, cmd: cmd, stdin: stdin, outdir: outdir, done: make(chan error, 1)}
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		ok := false
-		for sc.Scan() {
-			if sc.Text() == "READY" && !ok {
-				ok = true
-				ready <- true
-			}
-		}
-		if !ok {
-			ready <- false
-		}
-		s.done <- cmd.Wait()
-	}()
-	t.Cleanup(s.stop)
-	if !<-ready {
-		t.Fatalf("smtpd.py did not start: %s", stderr.String())
-	}
-	return s
-}
-
-// stop ends the server: stdin EOF makes it exit; Kill (our own child, by
-// its process) if it does not.
-func (s *smtpServer) stop() {
-	if s.cmd == nil {
-		return
-	}
-	s.stdin.Close()
-	select {
-	case <-s.done:
-	case <-time.After(20 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
-	}
-	s.cmd = nil
-}
-
-type received struct {
-	Meta struct {
-		MailFrom string   `json:"mail_from"`
-		RcptTos  []string `json:"rcpt_tos"`
-		Login    string   `json:"login"`
-		TLS      bool     `json:"tls"`
-	}
-	Msg *mail.Message
-	Raw []byte
-}
-
-func inbox(t *testing.T, dir string) []received {
-	t.Helper()
-	names, _ := filepath.Glob(filepath.Join(dir, "*.eml"))
-	var out []received
-	for _, n := range names {
-		var r received
-		raw, err := os.ReadFile(n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		meta, err := os.ReadFile(strings.TrimSuffix(n, ".eml") + ".json")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := json.Unmarshal(meta, &r.Meta); err != nil {
-			t.Fatal(err)
-		}
-		r.Raw = raw
-		if r.Msg, err = mail.ReadMessage(bytes.NewReader(raw)); err != nil {
-			t.Fatalf("%s: %v", n, err)
-		}
-		out = append(out, r)
-	}
-	return out
-}
-
-type part struct {
-	contentType, filename string
-	body                  []byte
-}
-
-// parts decodes a multipart/mixed message into its leaf parts.
-func parts(t *testing.T, m *mail.Message) []part {
-	t.Helper()
-	mt, params, err := mime.ParseMediaType(m.Header.Get("Content-Type"))
-	if err != nil || !strings.HasPrefix(mt, "multipart/") {
-		t.Fatalf("Content-Type %q: %v", m.Header.Get("Content-Type"), err)
-	}
-	var out []part
-	var walk func(r io.Reader, boundary string)
-	walk = func(r io.Reader, boundary string) {
-		mr := multipart.NewReader(r, boundary)
-		for {
-			p, err := mr.NextRawPart()
-			if err == io.EOF {
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			ct, ps, _ := mime.ParseMediaType(p.Header.Get("Content-Type"))
-			if strings.HasPrefix(ct, "multipart/") {
-				walk(p, ps["boundary"])
-				continue
-			}
-			var body io.Reader = p
-			switch strings.ToLower(p.Header.Get("Content-Transfer-Encoding")) {
-			case "base64":
-				body = base64.NewDecoder(base64.StdEncoding, p)
-			case "quoted-printable":
-				body = quotedprintable.NewReader(p)
-			}
-			b, err := io.ReadAll(body)
-			if err != nil {
-				t.Fatal(err)
-			}
-			_, dp, _ := mime.ParseMediaType(p.Header.Get("Content-Disposition"))
-			out = append(out, part{contentType: ct, filename: dp["filename"], body: b})
-		}
-	}
-	walk(m.Body, params["boundary"])
-	return out
-}
+// The real peer is internal/testsmtp: Debian's python3-aiosmtpd with STARTTLS and AUTH.
 
 func testMailer(port int, caPEM string) Mailer {
-	return Mailer{Host: "127.0.0.1", Port: port, Username: testUser, Password: testPass,
+	return Mailer{Host: "127.0.0.1", Port: port, Username: testsmtp.User, Password: testsmtp.Password,
 		From: "pumi <pumi@lab.example>", To: []string{"admin@lab.example", "it@lab.example"},
 		CACertPEM: caPEM, Timeout: 20 * time.Second}
 }
@@ -283,22 +35,22 @@ func sampleReport() Report {
 // TestSendReportSTARTTLS: the report reaches a real SMTP server over
 // STARTTLS with AUTH (PLAIN), to both recipients, with its attachment intact.
 func TestSendReportSTARTTLS(t *testing.T) {
-	requireAiosmtpd(t)
-	certFile, keyFile, caPEM := testCert(t)
-	port, outdir := freePort(t), t.TempDir()
-	startSMTP(t, port, certFile, keyFile, outdir, serverOpts{onlyMech: "PLAIN"})
+	testsmtp.Require(t)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	port, outdir := testsmtp.FreePort(t), t.TempDir()
+	testsmtp.Start(t, port, certFile, keyFile, outdir, testsmtp.Opts{OnlyMech: "PLAIN"})
 
 	logData := append([]byte("02:00:01 B-01 pending -> powering (wol)\n"), 0, 0xff, 0xfe, '\n')
 	msg := sampleReport().Message(logData)
 	if err := testMailer(port, caPEM).Send(context.Background(), msg); err != nil {
 		t.Fatal(err)
 	}
-	got := inbox(t, outdir)
+	got := testsmtp.Inbox(t, outdir)
 	if len(got) != 1 {
 		t.Fatalf("server received %d messages, want 1", len(got))
 	}
 	r := got[0]
-	if !r.Meta.TLS || r.Meta.Login != testUser || r.Meta.MailFrom != "pumi@lab.example" ||
+	if !r.Meta.TLS || r.Meta.Login != testsmtp.User || r.Meta.MailFrom != "pumi@lab.example" ||
 		strings.Join(r.Meta.RcptTos, ",") != "admin@lab.example,it@lab.example" {
 		t.Fatalf("envelope %+v", r.Meta)
 	}
@@ -310,20 +62,20 @@ func TestSendReportSTARTTLS(t *testing.T) {
 	if id := r.Msg.Header.Get("Message-Id"); id != "<run-42-report.pumi@lab.example>" {
 		t.Errorf("Message-ID %q", id)
 	}
-	ps := parts(t, r.Msg)
-	var text, att *part
+	ps := testsmtp.Parts(t, r.Msg)
+	var text, att *testsmtp.Part
 	for i := range ps {
 		switch {
-		case ps[i].filename != "":
+		case ps[i].Filename != "":
 			att = &ps[i]
-		case ps[i].contentType == "text/plain":
+		case ps[i].ContentType == "text/plain":
 			text = &ps[i]
 		}
 	}
-	if text == nil || !strings.Contains(string(text.body), "host key changed") || !strings.Contains(string(text.body), "B-02") {
+	if text == nil || !strings.Contains(string(text.Body), "host key changed") || !strings.Contains(string(text.Body), "B-02") {
 		t.Fatalf("text part missing or wrong: %+v", ps)
 	}
-	if att == nil || att.filename != "run-42.log" || !bytes.Equal(att.body, logData) {
+	if att == nil || att.Filename != "run-42.log" || !bytes.Equal(att.Body, logData) {
 		t.Fatalf("attachment missing or changed: %+v", att)
 	}
 }
@@ -331,14 +83,14 @@ func TestSendReportSTARTTLS(t *testing.T) {
 // TestSendLoginOnly: a server offering only AUTH LOGIN (like Exchange
 // Online) still gets the login.
 func TestSendLoginOnly(t *testing.T) {
-	requireAiosmtpd(t)
-	certFile, keyFile, caPEM := testCert(t)
-	port, outdir := freePort(t), t.TempDir()
-	startSMTP(t, port, certFile, keyFile, outdir, serverOpts{onlyMech: "LOGIN"})
+	testsmtp.Require(t)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	port, outdir := testsmtp.FreePort(t), t.TempDir()
+	testsmtp.Start(t, port, certFile, keyFile, outdir, testsmtp.Opts{OnlyMech: "LOGIN"})
 	if err := testMailer(port, caPEM).Send(context.Background(), Message{Subject: "login only", Text: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	if got := inbox(t, outdir); len(got) != 1 || got[0].Meta.Login != testUser {
+	if got := testsmtp.Inbox(t, outdir); len(got) != 1 || got[0].Meta.Login != testsmtp.User {
 		t.Fatalf("received %+v", got)
 	}
 }
@@ -346,25 +98,25 @@ func TestSendLoginOnly(t *testing.T) {
 // TestSendImplicitTLS: tls mode (port 465 style) against the same server
 // speaking TLS from the first byte.
 func TestSendImplicitTLS(t *testing.T) {
-	requireAiosmtpd(t)
-	certFile, keyFile, caPEM := testCert(t)
-	port, outdir := freePort(t), t.TempDir()
-	startSMTP(t, port, certFile, keyFile, outdir, serverOpts{implicitTLS: true})
+	testsmtp.Require(t)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	port, outdir := testsmtp.FreePort(t), t.TempDir()
+	testsmtp.Start(t, port, certFile, keyFile, outdir, testsmtp.Opts{ImplicitTLS: true})
 	m := testMailer(port, caPEM)
 	m.TLS = ImplicitTLS
 	if err := m.Send(context.Background(), Message{Subject: "implicit", Text: "x"}); err != nil {
 		t.Fatal(err)
 	}
-	if got := inbox(t, outdir); len(got) != 1 || !got[0].Meta.TLS {
+	if got := testsmtp.Inbox(t, outdir); len(got) != 1 || !got[0].Meta.TLS {
 		t.Fatalf("received %+v", got)
 	}
 }
 
 func TestSendErrors(t *testing.T) {
-	requireAiosmtpd(t)
-	certFile, keyFile, caPEM := testCert(t)
-	port, outdir := freePort(t), t.TempDir()
-	startSMTP(t, port, certFile, keyFile, outdir, serverOpts{})
+	testsmtp.Require(t)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	port, outdir := testsmtp.FreePort(t), t.TempDir()
+	testsmtp.Start(t, port, certFile, keyFile, outdir, testsmtp.Opts{})
 	ctx := context.Background()
 
 	m := testMailer(port, caPEM)
@@ -380,12 +132,12 @@ func TestSendErrors(t *testing.T) {
 		t.Errorf("untrusted certificate: %v", err)
 	}
 
-	m = testMailer(freePort(t), caPEM) // nobody listens there
+	m = testMailer(testsmtp.FreePort(t), caPEM) // nobody listens there
 	err = m.Send(ctx, Message{Subject: "x", Text: "x"})
 	if !errors.Is(err, ErrUnreachable) {
 		t.Errorf("server down: %v", err)
 	}
-	if n := len(inbox(t, outdir)); n != 0 {
+	if n := len(testsmtp.Inbox(t, outdir)); n != 0 {
 		t.Fatalf("server received %d messages from failed sends", n)
 	}
 }
@@ -405,9 +157,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // and is retried; once the server is up it is delivered exactly once, and
 // queueing the same report again does not send it again.
 func TestOutboxServerDownThenUp(t *testing.T) {
-	requireAiosmtpd(t)
-	certFile, keyFile, caPEM := testCert(t)
-	port, outdir, boxdir := freePort(t), t.TempDir(), t.TempDir()
+	testsmtp.Require(t)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	port, outdir, boxdir := testsmtp.FreePort(t), t.TempDir(), t.TempDir()
 	ob, err := OpenOutbox(boxdir, testMailer(port, caPEM), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -431,10 +183,10 @@ func TestOutboxServerDownThenUp(t *testing.T) {
 		t.Fatalf("queued file gone while the server is down: %v", err)
 	}
 
-	startSMTP(t, port, certFile, keyFile, outdir, serverOpts{})
+	testsmtp.Start(t, port, certFile, keyFile, outdir, testsmtp.Opts{})
 	waitFor(t, "delivery after the server came back", func() bool {
 		p, _ := ob.Pending()
-		return len(p) == 0 && len(inbox(t, outdir)) >= 1
+		return len(p) == 0 && len(testsmtp.Inbox(t, outdir)) >= 1
 	})
 	if _, err := os.Stat(filepath.Join(boxdir, "sent", id)); err != nil {
 		t.Fatalf("no sent marker: %v", err)
@@ -448,7 +200,7 @@ func TestOutboxServerDownThenUp(t *testing.T) {
 	}
 	cancel()
 	<-runDone
-	if got := inbox(t, outdir); len(got) != 1 {
+	if got := testsmtp.Inbox(t, outdir); len(got) != 1 {
 		t.Fatalf("server received %d copies, want exactly 1", len(got))
 	}
 }
@@ -456,10 +208,10 @@ func TestOutboxServerDownThenUp(t *testing.T) {
 // TestOutboxCrashAfterAcceptNoResend: a crash after the sent marker was
 // written but before the queue file was removed must not resend.
 func TestOutboxCrashAfterAcceptNoResend(t *testing.T) {
-	requireAiosmtpd(t)
-	certFile, keyFile, caPEM := testCert(t)
-	port, outdir, boxdir := freePort(t), t.TempDir(), t.TempDir()
-	startSMTP(t, port, certFile, keyFile, outdir, serverOpts{})
+	testsmtp.Require(t)
+	certFile, keyFile, caPEM := testsmtp.Cert(t)
+	port, outdir, boxdir := testsmtp.FreePort(t), t.TempDir(), t.TempDir()
+	testsmtp.Start(t, port, certFile, keyFile, outdir, testsmtp.Opts{})
 	ctx := context.Background()
 	ob, err := OpenOutbox(boxdir, testMailer(port, caPEM), nil)
 	if err != nil {
@@ -491,7 +243,7 @@ func TestOutboxCrashAfterAcceptNoResend(t *testing.T) {
 	if _, err := os.Stat(qf); !os.IsNotExist(err) {
 		t.Fatalf("queue file still there: %v", err)
 	}
-	if got := inbox(t, outdir); len(got) != 1 {
+	if got := testsmtp.Inbox(t, outdir); len(got) != 1 {
 		t.Fatalf("server received %d copies, want 1", len(got))
 	}
 }
