@@ -106,6 +106,11 @@ func (c *Client) power(ctx context.Context, op string, t Target, cmd string) err
 	var exit *ssh.ExitError
 	switch {
 	case err == nil:
+	case errors.As(err, &exit) && killedByShutdown(exit):
+		// The command was killed by a signal (sshd reports it as a signal, or
+		// the shell as 128+SIGTERM/SIGKILL): the shutdown it started is
+		// taking the machine's processes down with it, itself included.
+		s.log.Info(op+": the command was killed while the seat went down; taking that as success", "status", exit.ExitStatus(), "signal", exit.Signal())
 	case errors.As(err, &exit):
 		detail := fmt.Sprintf("%q exited %d", cmd, exit.ExitStatus())
 		if o := printable(strings.TrimSpace(out.String())); o != "" {
@@ -393,3 +398,19 @@ func (b *limitedBuffer) Bytes() []byte {
 }
 
 func (b *limitedBuffer) String() string { return string(b.Bytes()) }
+
+// killedByShutdown reports whether a power command ended by SIGTERM or
+// SIGKILL, which is what a going-down machine does to every process, the
+// shutdown command's own session included. sudo's refusal and a missing
+// command exit 1 or 127 and stay failures.
+func killedByShutdown(e *ssh.ExitError) bool {
+	return killedByShutdownStatus(e.ExitStatus(), e.Signal())
+}
+
+func killedByShutdownStatus(status int, signal string) bool {
+	switch signal {
+	case "TERM", "KILL":
+		return true
+	}
+	return status == 128+15 || status == 128+9
+}
