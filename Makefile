@@ -1,14 +1,21 @@
 # pumi — build and test entry points. `make test` is the one test command (CI calls it from .ci/run).
 GO ?= go
 
-.PHONY: test build run fuzz
+.PHONY: test build run fuzz lab
 
 # Unit tests, fuzz seed corpora, and the integration tests (network namespaces, QEMU/OVMF, dnsmasq, OpenSSH,
 # aiosmtpd...). Integration tests need root; as non-root they skip (in CI, with CI=true, they fail instead).
 # -p 2: two test binaries at once on the two cores; QEMU guests additionally take a machine-wide slot (internal/testvm).
+# Then the lab in a box (e2e: about 25 minutes with QEMU PCs running real Clonezilla) alone, so that no other test
+# waits that long for the VM slot it holds.
 test:
 	$(GO) vet ./...
-	$(GO) test -p 2 -timeout 80m ./...
+	$(GO) test -p 2 -timeout 60m $$($(GO) list ./... | grep -v '/e2e$$')
+	$(GO) test -timeout 80m ./e2e
+
+# The lab in a box's whole matrix: the plain scenario, each fault alone, and all faults folded (about 100 minutes).
+lab:
+	PUMI_LAB=all $(GO) test -v -timeout 150m -run 'TestLab$$' ./e2e
 
 build:
 	$(GO) build ./...

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -46,6 +47,8 @@ func (a *App) apiRoutes(mux *http.ServeMux) {
 	h("DELETE /api/v1/assignments/{mac}", a.apiUnassign)
 	h("GET /api/v1/seen", a.apiSeen)
 	h("GET /api/v1/events", a.apiEvents)
+	h("PUT /api/v1/secrets/mail", a.apiPutMailSecret)
+	h("PUT /api/v1/secrets/ssh/{scope}/{name}", a.apiPutSSHSecret)
 	mux.HandleFunc("/api/v1/clonezilla/report", a.handleReport)
 }
 
@@ -146,6 +149,48 @@ func (a *App) apiPutConfig(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, cfg)
 	return nil
+}
+
+// secretBody is the body of the write-only secret routes. An empty password
+// clears the secret. Nothing ever reads a secret back: the answer is 204.
+type secretBody struct {
+	Password string `json:"password"`
+}
+
+// maxSecret bounds a password: SMTP app passwords and SSH passwords are short.
+const maxSecret = 1024
+
+func (a *App) putSecret(w http.ResponseWriter, r *http.Request, name string) error {
+	var b secretBody
+	if err := decodeJSON(r, &b); err != nil {
+		return err
+	}
+	if len(b.Password) > maxSecret || strings.ContainsAny(b.Password, "\x00\r\n") {
+		return badRequest("the password must be at most %d characters on one line", maxSecret)
+	}
+	if err := a.SetSecret(r.Context(), name, b.Password); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+func (a *App) apiPutMailSecret(w http.ResponseWriter, r *http.Request) error {
+	return a.putSecret(w, r, SecretMail)
+}
+
+// apiPutSSHSecret sets the password of an SSH login the config names, so a
+// typo in the room or image name is an error instead of a dead secret.
+func (a *App) apiPutSSHSecret(w http.ResponseWriter, r *http.Request) error {
+	scope, name := r.PathValue("scope"), r.PathValue("name")
+	cfg, err := a.Config(r.Context())
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(cfg.SSH, func(l SSHLogin) bool { return l.Scope == scope && l.Name == name }) {
+		return badRequest("no SSH login for %s %q in the config: add it to \"ssh\" first (scope \"room\" or \"image\")", scope, name)
+	}
+	return a.putSecret(w, r, SSHSecretName(scope, name))
 }
 
 func (a *App) apiSeats(w http.ResponseWriter, r *http.Request) error {

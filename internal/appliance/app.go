@@ -8,6 +8,7 @@ package appliance
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -384,7 +385,9 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	mux.Handle("/live/", http.StripPrefix("/live", live))
 	a.apiRoutes(mux)
-	pages, err := web.New(webBackend{a}, web.Options{Auth: a.webAuth}, a.log)
+	pages, err := web.New(webBackend{a}, web.Options{Auth: a.webAuth, BootstrapToken: func(tok string) bool {
+		return subtle.ConstantTimeCompare([]byte(tok), []byte(a.apiToken)) == 1
+	}}, a.log)
 	if err != nil {
 		return err
 	}

@@ -323,10 +323,55 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 		{"POST", "/api/v1/seats/import"}, {"GET", "/api/v1/images"}, {"POST", "/api/v1/live/import"},
 		{"GET", "/api/v1/assignments"}, {"POST", "/api/v1/assignments"}, {"DELETE", "/api/v1/assignments/52:54:00:00:00:01"},
 		{"GET", "/api/v1/seen"}, {"GET", "/api/v1/events"}, {"GET", "/api/v1/seats.csv"},
+		{"PUT", "/api/v1/secrets/mail"}, {"PUT", "/api/v1/secrets/ssh/room/lab"},
 	} {
 		if code, _ := ta.do(r.method, r.path, "application/json", []byte("{}"), false); code != http.StatusUnauthorized {
 			t.Errorf("%s %s without token: %d, want 401", r.method, r.path, code)
 		}
+	}
+}
+
+// TestSecretsAPI: passwords go in through the API and never come out: not
+// in the config, not in any answer; refusals change nothing.
+func TestSecretsAPI(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	ctx := t.Context()
+	const pw = "s3cret-Ünïcode pass"
+	if code, out := ta.do("PUT", "/api/v1/secrets/ssh/room/lab", "application/json", jsonBody(t, map[string]string{"password": pw}), true); code != http.StatusBadRequest || !strings.Contains(out, "no SSH login") {
+		t.Errorf("password for a room without an SSH login: %d %s, want 400 naming the missing login", code, out)
+	}
+	if ok, _ := ta.app.HasSecret(ctx, SSHSecretName("room", "lab")); ok {
+		t.Fatal("a refused secret was stored")
+	}
+	ta.mustDo("PUT", "/api/v1/config", "application/json", jsonBody(t, map[string]any{"netboot": map[string]string{"mode": "off"},
+		"ssh": []map[string]string{{"scope": "room", "name": "lab", "user": "user"}}}))
+	for _, r := range []struct{ path, body string }{
+		{"/api/v1/secrets/ssh/room/lab", `{"password": "` + pw + `"}`},
+		{"/api/v1/secrets/mail", `{"password": "` + pw + `"}`},
+	} {
+		if code, out := ta.do("PUT", r.path, "application/json", []byte(r.body), true); code != http.StatusNoContent || strings.Contains(out, pw) {
+			t.Errorf("PUT %s: %d %q, want 204 and no echo", r.path, code, out)
+		}
+	}
+	for _, bad := range []string{`{"password": "a\nb"}`, `{"pass": "x"}`, `{"password": "` + strings.Repeat("x", 2000) + `"}`, `not json`} {
+		if code, _ := ta.do("PUT", "/api/v1/secrets/mail", "application/json", []byte(bad), true); code != http.StatusBadRequest {
+			t.Errorf("PUT secret %.30q: %d, want 400", bad, code)
+		}
+	}
+	for _, name := range []string{SSHSecretName("room", "lab"), SecretMail} {
+		if v, err := ta.app.secret(ctx, name); err != nil || v != pw {
+			t.Errorf("secret %s = %q, %v; want the password set (a refused update must not change it)", name, v, err)
+		}
+	}
+	for _, path := range []string{"/api/v1/config", "/api/v1/status", "/api/v1/seats", "/api/v1/events"} {
+		if out := ta.mustDo("GET", path, "", nil); strings.Contains(out, pw) {
+			t.Errorf("GET %s shows the password", path)
+		}
+	}
+	// An empty password clears the secret.
+	ta.mustDo("PUT", "/api/v1/secrets/mail", "application/json", []byte(`{"password": ""}`))
+	if ok, _ := ta.app.HasSecret(ctx, SecretMail); ok {
+		t.Error("an empty password did not clear the mail secret")
 	}
 }
 
@@ -451,6 +496,25 @@ func TestWebAPITokenWorksForAPI(t *testing.T) {
 	}
 }
 
+// TestFileTokenWorksForWebAPI: the api-token file also opens the web API
+// (schedules, runs), so a script set up before any admin password exists
+// can do all of the setup; a wrong token still gets 401 there.
+func TestFileTokenWorksForWebAPI(t *testing.T) {
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	sched := jsonBody(t, map[string]any{"id": "lab", "name": "Lab", "spec": "0 2 * * SAT", "target": map[string]any{"rooms": []string{"A"}},
+		"action": map[string]any{"kind": "verify"}, "window": int64(time.Hour), "enabled": true})
+	if code, out := ta.do("PUT", "/web/api/v1/schedules/lab", "application/json", sched, true); code != http.StatusOK {
+		t.Fatalf("PUT schedule with the file token: %d %s", code, out)
+	}
+	if code, out := ta.do("GET", "/web/api/v1/schedules", "", nil, true); code != http.StatusOK || !strings.Contains(out, `"lab"`) {
+		t.Errorf("GET schedules with the file token: %d %s", code, out)
+	}
+	ta.token += "x"
+	if code, _ := ta.do("GET", "/web/api/v1/schedules", "", nil, true); code != http.StatusUnauthorized {
+		t.Errorf("wrong token on the web API: %d, want 401", code)
+	}
+}
+
 // Seats imported after full DHCP was enabled become reservations without a
 // restart: the supervisor's wanted config changes with the inventory.
 func TestReservationsFollowInventory(t *testing.T) {
@@ -481,5 +545,27 @@ func TestReservationsFollowInventory(t *testing.T) {
 			t.Fatalf("netboot status: %+v", st.Netboot)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestJudgeFallsBackToTheLog: without the 6461 status line, the report
+// ocs-sr logged (and the seat uploaded with its token) decides.
+func TestJudgeFallsBackToTheLog(t *testing.T) {
+	logged := []byte("Sending info:   1 Unicast restored LAB-A-img, /dev/nvme0n1p1, success, 12.8 MB = 25067 Blocks, .044 mins; to 10.88.0.1:6461... done!\nFinished!\n")
+	for _, c := range []struct {
+		name string
+		asg  Assignment
+		log  []byte
+		ok   bool
+	}{
+		{"status line", Assignment{Image: "LAB-A-img", OCSLine: "10.0.0.5 52:54:00:00:00:01 Unicast restored LAB-A-img, /dev/sda1, success"}, nil, true},
+		{"logged report", Assignment{Image: "room/LAB-A-img"}, logged, true},
+		{"logged report of another image", Assignment{Image: "LAB-B-img"}, logged, false},
+		{"logged failure", Assignment{Image: "LAB-A-img"}, bytes.ReplaceAll(logged, []byte("success"), []byte("***FAIL***")), false},
+		{"nothing", Assignment{Image: "LAB-A-img"}, []byte("Finished!\n"), false},
+	} {
+		if ok, reason := judge(c.asg, c.log); ok != c.ok || !ok && reason == "" {
+			t.Errorf("%s: judge = %v %q, want %v", c.name, ok, reason, c.ok)
+		}
 	}
 }

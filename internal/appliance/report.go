@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"path"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -137,10 +138,17 @@ func judge(asg Assignment, logData []byte) (bool, string) {
 	if m := failLine.Find(logData); m != nil {
 		return false, "Clonezilla: " + strings.TrimSpace(string(m))
 	}
-	if asg.OCSLine == "" {
-		return false, "Clonezilla finished without reporting success (no ocs_server status line); see its log"
+	if asg.OCSLine != "" {
+		return true, ""
 	}
-	return true, ""
+	// No status line on 6461: the log holds what ocs-sr meant to send.
+	if line, ok := clonezilla.ReportFromLog(logData); ok {
+		if line.Image == path.Base(asg.Image) && line.Success() {
+			return true, ""
+		}
+		return false, "Clonezilla reported: " + line.Report
+	}
+	return false, "Clonezilla finished without reporting success (no ocs_server status line, none in its log); see its log"
 }
 
 func (a *App) saveLog(asg Assignment, data []byte) (string, error) {

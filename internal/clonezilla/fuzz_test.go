@@ -162,3 +162,14 @@ func FuzzRestoreArgs(f *testing.F) {
 		}
 	})
 }
+
+func FuzzReportFromLog(f *testing.F) {
+	f.Add([]byte("Sending info:   1 Unicast restored LAB-A-img, /dev/nvme0n1p1, success, 12.8 MB = 25067 Blocks, .044 mins; to 10.88.0.1:6461... done!\n"))
+	f.Add([]byte("Sending info: Saved x, /dev/sda1, ***FAIL***; to 1.2.3.4:6461\nSending info: to "))
+	f.Fuzz(func(t *testing.T, log []byte) {
+		s, ok := ReportFromLog(log)
+		if ok && (s.Image == "" || s.Action == "") {
+			t.Fatalf("found a report without image or action: %+v", s)
+		}
+	})
+}

@@ -225,3 +225,42 @@ func parseReport(s *StatusLine) error {
 func (s StatusLine) String() string {
 	return fmt.Sprintf("%s,%s,%s,%s,%s,%s", s.ClientIP, s.MAC, s.EFIOSLabel, s.EFIPartNo, s.EFIBootFile, s.Report)
 }
+
+// sendingInfo is how ocs-sr logs the line it sends to ocs_server, into
+// /var/log/clonezilla.log too: "Sending info: <line> to <server>:6461...".
+const sendingInfo = "Sending info: "
+
+// ReportFromLog finds, in a clonezilla.log as uploaded by pumi's postrun
+// report, the last status report ocs-sr tried to send to ocs_server, for when
+// the line itself never arrived: a firewall between VLANs, or a live system
+// without ifconfig, whose drbl-get-ipadd then sends no address (the line
+// starts with blanks and pumi cannot tell whose it is). The log came with the
+// seat's report token, so the report is the seat's own. ClientIP and MAC
+// stay empty.
+func ReportFromLog(log []byte) (StatusLine, bool) {
+	var s StatusLine
+	found := false
+	for line := range strings.SplitSeq(string(log), "\n") {
+		_, info, ok := strings.Cut(line, sendingInfo)
+		if !ok {
+			continue
+		}
+		if i := strings.LastIndex(info, " to "); i >= 0 {
+			info = info[:i]
+		}
+		at := -1
+		for _, st := range reportStarts {
+			if i := indexWordStart(info, st); i >= 0 && (at < 0 || i < at) {
+				at = i
+			}
+		}
+		if at < 0 {
+			continue
+		}
+		cand := StatusLine{Report: strings.TrimSpace(info[at:])}
+		if parseReport(&cand) == nil {
+			s, found = cand, true
+		}
+	}
+	return s, found
+}

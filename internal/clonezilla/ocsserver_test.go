@@ -175,3 +175,27 @@ task_notify_job_is_done -s`, port)
 		t.Errorf("client %v / %v is not an address+MAC of this machine", s.ClientIP, s.MAC)
 	}
 }
+
+// TestReportFromLog: the lines are as Debian's ocs-sr 5.3.17 wrote them into
+// clonezilla.log in the lab test, once from a live system without ifconfig
+// (no address, no MAC: the line's start is blank) and once with it.
+func TestReportFromLog(t *testing.T) {
+	noAddr := "Notifying clonezilla server my job is done... 5 4 3 2 1 \n" +
+		"Sending info:   1 Unicast restored LAB-A-img, /dev/nvme0n1p1, success, 12.8 MB = 25067 Blocks, .044 mins; /dev/nvme0n1p2, success, 82.2 MB = 80290 Blocks, .080 mins; to 10.88.0.1:6461... done!\n" +
+		"Finished!\n"
+	withAddr := "Sending info: 10.88.0.12 52:54:00:88:00:12  1 Unicast restored LAB-A-img, /dev/nvme0n1p1, success, 12.8 MB = 25067 Blocks, .044 mins; /dev/nvme0n1p2, ***FAIL***, 82.2 MB = 80290 Blocks, .080 mins; to 10.88.0.1:6461... done!\n"
+	for _, c := range []struct {
+		name, log string
+		found, ok bool
+	}{
+		{"no address", noAddr, true, true},
+		{"with address, a partition failed", withAddr, true, false},
+		{"no report", "Finished!\nSending info: garbage to 10.0.0.1:6461\n", false, false},
+		{"empty", "", false, false},
+	} {
+		s, found := ReportFromLog([]byte(c.log))
+		if found != c.found || found && (s.Success() != c.ok || s.Image != "LAB-A-img" || len(s.Parts) != 2) {
+			t.Errorf("%s: found %v, %+v; want found %v, success %v", c.name, found, s, c.found, c.ok)
+		}
+	}
+}

@@ -287,6 +287,8 @@ func (c *Client) dial(ctx context.Context, op string, t Target, image string) (*
 		// Ask for the pinned key's type: a server with several host keys
 		// would otherwise be free to show another one and look re-keyed.
 		cfg.HostKeyAlgorithms = hostKeyAlgorithms(pinned.Type())
+	} else {
+		cfg.HostKeyAlgorithms = firstUseHostKeyAlgorithms
 	}
 
 	d := net.Dialer{Timeout: orDefault(c.ConnectTimeout, 5*time.Second)}
@@ -365,6 +367,16 @@ func shortNetErr(err error) string {
 		return "no route to host"
 	}
 	return "connect failed"
+}
+
+// firstUseHostKeyAlgorithms is OpenSSH's client order: Ed25519 first, RSA
+// last. x/crypto's default puts RSA first, and Debian 12's dropbear
+// (2022.83) with only an Ed25519 host key then aborts the connection
+// ("Failed assertion (rsa.c:164): key != NULL"), found by the lab test.
+var firstUseHostKeyAlgorithms = []string{
+	ssh.KeyAlgoED25519,
+	ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
+	ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA,
 }
 
 func hostKeyAlgorithms(keyType string) []string {

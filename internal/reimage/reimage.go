@@ -151,7 +151,10 @@ type Reporter interface {
 type Config struct {
 	// PowerTimeout: from powering until the seat network-boots (10 min).
 	PowerTimeout time.Duration
-	// NetbootTimeout: from the boot script until Clonezilla starts (10 min).
+	// NetbootTimeout: from the boot script until Clonezilla starts (20 min:
+	// every seat fetches the whole squashfs, ~0.4 GB for the official zip,
+	// into RAM first; eight seats sharing 100 Mbit/s need ~5 min for that
+	// alone, and a slow PC's boot comes on top).
 	NetbootTimeout time.Duration
 	// RestoreTimeout: from Clonezilla's start until its report (2 h).
 	RestoreTimeout time.Duration
@@ -187,7 +190,7 @@ func (c Config) withDefaults() Config {
 		}
 	}
 	def(&c.PowerTimeout, 10*time.Minute)
-	def(&c.NetbootTimeout, 10*time.Minute)
+	def(&c.NetbootTimeout, 20*time.Minute)
 	def(&c.RestoreTimeout, 2*time.Hour)
 	def(&c.RebootDelay, time.Minute)
 	def(&c.VerifyTimeout, 10*time.Minute)

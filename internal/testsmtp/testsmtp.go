@@ -7,6 +7,7 @@ package testsmtp
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -115,6 +116,9 @@ func FreePort(t testing.TB) int {
 type Opts struct {
 	OnlyMech    string // offer only this AUTH mechanism (e.g. "LOGIN", as Exchange does)
 	ImplicitTLS bool   // TLS from the first byte (port 465 style) instead of STARTTLS
+	// NS runs the server on that namespace's loopback instead of the
+	// test's own (for an appliance process running inside NS).
+	NS *testnet.NS
 }
 
 // Server is a running smtpd.py.
@@ -141,6 +145,9 @@ func Start(t testing.TB, port int, certFile, keyFile, outdir string, o Opts) *Se
 		args = append(args, "--implicit-tls")
 	}
 	cmd := exec.Command(Python, args...)
+	if o.NS != nil {
+		cmd = o.NS.Command(context.Background(), Python, args...)
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -47,6 +47,18 @@ type Config struct {
 	Timeout   time.Duration // QEMU is killed this long after it starts; default 5 min
 	MemoryMiB int           // default 512
 	Extra     []string      // extra QEMU arguments
+
+	// OwnDisk is a lab PC's own disk: a raw image attached read-write as
+	// NVMe (serial PUMI-LAB, so Clonezilla sees nvme0n1), boot index 2.
+	// Writes reach the file, so a restore survives power cycles. Use
+	// either Disk or OwnDisk.
+	OwnDisk string
+	// Reboot lets the guest reboot inside the same QEMU process, as a PC
+	// does; by default a reboot (or a panic) ends QEMU (-no-reboot).
+	Reboot bool
+	// SlotHeld says the caller holds Slot for a group of VMs it runs
+	// together (the lab scenario); Start then does not wait for it.
+	SlotHeld bool
 }
 
 // KernelArgs belong on every test guest's command line: the serial console
@@ -115,7 +127,13 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 	}
 	dir := t.TempDir()
 	args := []string{"-name", c.Name, "-accel", "tcg", "-machine", "q35", "-smp", "1", "-m", fmt.Sprint(c.MemoryMiB),
-		"-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio", "-no-reboot"}
+		"-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio"}
+	if !c.Reboot {
+		args = append(args, "-no-reboot")
+	}
+	if c.Disk != "" && c.OwnDisk != "" {
+		t.Fatalf("testvm: Disk and OwnDisk are exclusive")
+	}
 	if c.Kernel == "" {
 		vars := filepath.Join(dir, "OVMF_VARS.fd")
 		b, err := os.ReadFile(OVMFVars)
@@ -155,18 +173,27 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		args = append(args, "-drive", "if=none,id=d0,format=raw,snapshot=on,file="+c.Disk,
 			"-device", "virtio-blk-pci,drive=d0,bootindex=2")
 	}
+	if c.OwnDisk != "" {
+		// cache=unsafe: the file is scratch for the test, and a power cut is
+		// QEMU being killed, after which the host still has every write.
+		args = append(args, "-drive", "if=none,id=d0,format=raw,cache=unsafe,file="+c.OwnDisk,
+			"-device", "nvme,drive=d0,serial=PUMI-LAB,bootindex=2")
+	}
 	args = append(args, c.Extra...)
 
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Minute
 	}
-	waited := time.Now()
-	release, err := Slot(ctx)
-	if err != nil {
-		t.Fatalf("testvm: waiting for the VM slot: %v", err)
-	}
-	if d := time.Since(waited); d > time.Second {
-		t.Logf("testvm %s: waited %.1fs for another VM on this machine to finish", c.Name, d.Seconds())
+	release := func() {}
+	if !c.SlotHeld {
+		waited := time.Now()
+		var err error
+		if release, err = Slot(ctx); err != nil {
+			t.Fatalf("testvm: waiting for the VM slot: %v", err)
+		}
+		if d := time.Since(waited); d > time.Second {
+			t.Logf("testvm %s: waited %.1fs for another VM on this machine to finish", c.Name, d.Seconds())
+		}
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.Timeout)
 	v := &VM{Config: c, t: t, release: release, changed: make(chan struct{}), exited: make(chan struct{}), atBOL: true}
@@ -176,6 +203,7 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		v.cmd = exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	}
 	v.cancel = cancel
+	var err error
 	if v.logFile, err = os.Create(filepath.Join(dir, c.Name+".serial.log")); err != nil {
 		release()
 		cancel()
@@ -400,4 +428,15 @@ func (v *VM) Stop() {
 	}
 	_ = v.cmd.Process.Kill()
 	<-v.exited
+}
+
+// Exited reports whether QEMU has ended (the guest powered off, or it was
+// stopped or killed).
+func (v *VM) Exited() bool {
+	select {
+	case <-v.exited:
+		return true
+	default:
+		return false
+	}
 }

@@ -41,6 +41,11 @@ type Options struct {
 	LoginRefill time.Duration
 	// Now is the clock (tests); default time.Now.
 	Now func() time.Time
+	// BootstrapToken, when set, accepts one more bearer token besides those
+	// created on the page: the appliance's own token file, which scripts
+	// on the appliance's side use from the first start on (docs/api.md).
+	// It must compare in constant time.
+	BootstrapToken func(token string) bool
 }
 
 // Server is the web page's handler.
@@ -218,6 +223,9 @@ const sessionCookie = "pumi_session"
 // identify finds the session or API token of r, if any.
 func (s *Server) identify(r *http.Request) (who, error) {
 	if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		if s.opts.BootstrapToken != nil && s.opts.BootstrapToken(strings.TrimSpace(tok)) {
+			return who{token: &APIToken{ID: "bootstrap", Name: "the appliance's api-token file"}}, nil
+		}
 		t, found, err := s.auth.TokenByHash(r.Context(), hashToken(strings.TrimSpace(tok)))
 		if err != nil || !found {
 			return who{}, err
