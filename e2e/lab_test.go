@@ -452,6 +452,7 @@ var consoleMarks = []struct{ marker, event string }{
 	{"Kernel command line: vmlinuz initrd=initrd.img boot=live", "Clonezilla kernel started"},
 	{`Start "ocs-sr`, "Clonezilla job starts"},
 	{"Starting to restore image", "partclone restoring"},
+	{"Partclone successfully restored", "partclone done"},
 	{"Will reboot", "ocs-sr done, rebooting"},
 	{"LAB-SSH-READY", "OS up with SSH"},
 }
@@ -785,40 +786,50 @@ func (tl *timeline) String() string {
 	return b.String()
 }
 
-// phases summarises each PC's re-imaging: power → PXE → Clonezilla boot →
-// restore → reboot → verify, from the first time each step was seen after
-// the run began (a power cut restarts the sequence; the last one counts).
+// phases summarises each PC's last (successful) re-imaging: power → PXE →
+// Clonezilla boot → restore → reboot → verify, read from the timeline
+// around the last Clonezilla kernel start (a power cut restarts the
+// sequence; the attempt that got through counts).
 func phases(tl *timeline, pcs []*pc) string {
 	tl.mu.Lock()
 	evs := slices.Clone(tl.evs)
 	tl.mu.Unlock()
 	var b strings.Builder
-	fmt.Fprintf(&b, "%-5s %8s %8s %10s %9s %8s %8s %7s %12s %10s\n", "PC", "power", "PXE", "CZ boot", "restore", "reboot", "verify", "total", "NFS bytes", "MB/s")
+	fmt.Fprintf(&b, "%-5s %7s %7s %9s %9s %10s %8s %8s %8s %11s %8s\n",
+		"PC", "power", "PXE", "CZ boot", "restore", "partclone", "reboot", "verify", "total", "NFS bytes", "MB/s")
 	for _, p := range pcs {
-		last := map[string]time.Duration{}
 		var runStart time.Duration
 		for _, e := range evs {
-			if e.who == "pumi" && strings.HasPrefix(e.what, "run ") && strings.HasSuffix(e.what, "started by the schedule") {
+			if e.who == "pumi" && strings.HasSuffix(e.what, "started by the schedule") {
 				runStart = e.at
 			}
-			if e.who == p.name && e.at >= runStart {
-				last[e.what] = e.at
-			}
 		}
-		// The last restore attempt's steps, in order.
-		pxe := last["firmware PXE"]
-		czKernel := last["Clonezilla kernel started"]
-		job := last[`Clonezilla job starts`]
-		done := last["ocs-sr done, rebooting"]
-		var up, verified time.Duration
-		for _, e := range evs {
-			if e.who == p.name && e.at > done && up == 0 && e.what == "OS up with SSH" {
-				up = e.at
+		// find returns the time of the first (after) or last (before)
+		// event of this PC named what, relative to the anchor at.
+		find := func(what string, at time.Duration, after bool) time.Duration {
+			var t time.Duration
+			for _, e := range evs {
+				if e.who != p.name || e.what != what {
+					continue
+				}
+				if after && e.at >= at {
+					return e.at
+				}
+				if !after && e.at <= at {
+					t = e.at
+				}
 			}
-			if e.who == p.name && e.what == "pumi: verified" {
-				verified = e.at
-			}
+			return t
 		}
+		kernel := find("Clonezilla kernel started", time.Duration(1<<62), false)
+		pxe := find("firmware PXE", kernel, false)
+		start := max(runStart, find("power on", pxe, false)) // a power cut's new start
+		job := find("Clonezilla job starts", kernel, true)
+		part := find("partclone restoring", job, true)
+		done := find("ocs-sr done, rebooting", job, true)
+		partDone := find("partclone done", done, false)
+		up := find("OS up with SSH", done, true)
+		verified := find("pumi: verified", done, true)
 		p.mu.Lock()
 		nfs := slices.Clone(p.nfsBytes)
 		p.mu.Unlock()
@@ -827,8 +838,8 @@ func phases(tl *timeline, pcs []*pc) string {
 			lastNFS = nfs[len(nfs)-1]
 		}
 		rate := 0.0
-		if done > job {
-			rate = float64(lastNFS) / (done - job).Seconds() / 1e6
+		if partDone > part && part > job {
+			rate = float64(lastNFS) / (partDone - part).Seconds() / 1e6
 		}
 		sec := func(a, b time.Duration) string {
 			if a == 0 || b == 0 || b < a {
@@ -836,15 +847,17 @@ func phases(tl *timeline, pcs []*pc) string {
 			}
 			return fmt.Sprintf("%.0fs", (b - a).Seconds())
 		}
-		fmt.Fprintf(&b, "%-5s %8s %8s %10s %9s %8s %8s %7s %12d %10.1f\n", p.name,
-			sec(runStart, pxe), sec(pxe, czKernel), sec(czKernel, job), sec(job, done), sec(done, up), sec(up, verified),
+		fmt.Fprintf(&b, "%-5s %7s %7s %9s %9s %10s %8s %8s %8s %11d %8.2f\n", p.name,
+			sec(start, pxe), sec(pxe, kernel), sec(kernel, job), sec(job, done), sec(part, partDone), sec(done, up), sec(up, verified),
 			sec(runStart, verified), lastNFS, rate)
 		if len(nfs) > 1 {
-			fmt.Fprintf(&b, "      bytes sent during each Clonezilla job: %v\n", nfs)
+			fmt.Fprintf(&b, "      bytes sent to it during each Clonezilla job: %v\n", nfs)
 		}
 	}
-	b.WriteString("power: run start → firmware PXE; PXE: → Clonezilla kernel; CZ boot: → ocs-sr starts; restore: → ocs-sr done;\n" +
-		"reboot: → restored OS has SSH up; verify: → pumi says verified. NFS bytes: sent to the PC while ocs-sr ran.\n")
+	b.WriteString("power: run start (or power on after a cut) → firmware PXE; PXE: → Clonezilla kernel; CZ boot: → ocs-sr starts;\n" +
+		"restore: ocs-sr start → done (partclone: first partition's start → last one's end, within that); reboot: → restored\n" +
+		"OS has SSH up; verify: → pumi says verified; total: run start → verified. NFS bytes: sent to the PC while ocs-sr\n" +
+		"ran (its tap's counter; all of it NFS then); MB/s: those bytes over the partclone time (console marks, ±0.5 s).\n")
 	return b.String()
 }
 
