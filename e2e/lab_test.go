@@ -51,7 +51,7 @@ var scenarios = []struct {
 	{"folded", faults{cut: true, kill: true, unknown: true}},
 }
 
-// TestLab runs the lab-in-a-box scenario (see doc.go). CI runs "folded":
+// TestLab runs the lab-in-a-box scenario (see doc.go). By default "folded":
 // the three faults in one run, because each scenario costs about 20 minutes
 // of a 2-core machine.
 func TestLab(t *testing.T) {
