@@ -470,12 +470,14 @@ func (p *pc) watch(ctx context.Context, vm *testvm.VM) {
 				p.tl.add(p.name, m.event)
 				switch m.event {
 				case "Clonezilla job starts":
+					n := p.txBytes(ctx)
 					p.mu.Lock()
-					p.txBase = p.txBytes(ctx)
+					p.txBase = n
 					p.mu.Unlock()
 				case "ocs-sr done, rebooting":
+					n := p.txBytes(ctx)
 					p.mu.Lock()
-					p.nfsBytes = append(p.nfsBytes, p.txBytes(ctx)-p.txBase)
+					p.nfsBytes = append(p.nfsBytes, n-p.txBase)
 					p.mu.Unlock()
 				}
 			}
@@ -797,13 +799,13 @@ func phases(tl *timeline, pcs []*pc) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%-5s %7s %7s %9s %9s %10s %8s %8s %8s %11s %8s\n",
 		"PC", "power", "PXE", "CZ boot", "restore", "partclone", "reboot", "verify", "total", "NFS bytes", "MB/s")
-	for _, p := range pcs {
-		var runStart time.Duration
-		for _, e := range evs {
-			if e.who == "pumi" && strings.HasSuffix(e.what, "started by the schedule") {
-				runStart = e.at
-			}
+	var runStart time.Duration
+	for _, e := range evs {
+		if e.who == "pumi" && strings.HasSuffix(e.what, "started by the schedule") {
+			runStart = e.at
 		}
+	}
+	for _, p := range pcs {
 		// find returns the time of the first (after) or last (before)
 		// event of this PC named what, relative to the anchor at.
 		find := func(what string, at time.Duration, after bool) time.Duration {

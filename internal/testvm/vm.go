@@ -184,10 +184,10 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 	if c.Timeout == 0 {
 		c.Timeout = 5 * time.Minute
 	}
+	var err error
 	release := func() {}
 	if !c.SlotHeld {
 		waited := time.Now()
-		var err error
 		if release, err = Slot(ctx); err != nil {
 			t.Fatalf("testvm: waiting for the VM slot: %v", err)
 		}
@@ -203,7 +203,6 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		v.cmd = exec.CommandContext(ctx, "qemu-system-x86_64", args...)
 	}
 	v.cancel = cancel
-	var err error
 	if v.logFile, err = os.Create(filepath.Join(dir, c.Name+".serial.log")); err != nil {
 		release()
 		cancel()
