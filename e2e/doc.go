@@ -12,7 +12,7 @@
 //
 // Run it (as root, on Debian 12 with the packages .ci/run installs):
 //
-//	go test -v -timeout 90m -run 'TestLab$' ./e2e/
+//	go test -v -timeout 80m -run 'TestLab$' ./e2e/
 //
 // PUMI_LAB selects scenarios: "folded" (the default: all three faults
 // in one run), or a comma list of plain, power-cut, pumi-kill, unknown-pc,
