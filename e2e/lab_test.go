@@ -582,7 +582,7 @@ func followRun(t *testing.T, ctx context.Context, api *apiClient, runID string, 
 			MAC   string `json:"mac"`
 			Boots int    `json:"boots"`
 		}
-		if api.do(ctx, "GET", "/api/v1/assignments", nil, &asg) == nil {
+		if api.do(ctx, "GET", "/api/v1/jobs", nil, &asg) == nil {
 			for _, a := range asg {
 				if p := byMAC[a.MAC]; p != nil {
 					p.mu.Lock()

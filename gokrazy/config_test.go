@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/pumi-lab/pumi/internal/appliance"
+	"github.com/pumi-lab/pumi/internal/hostnet"
 )
 
 // TestCommittedInstance checks the committed gokrazy/pumi instance: a valid
@@ -174,7 +174,7 @@ func TestStaticNetworkManaged(t *testing.T) {
 	if len(vals) != 1 {
 		t.Fatalf("-manage-network flags: %q", vals)
 	}
-	got, on, err := appliance.ParseManageNetwork(vals[0])
+	got, on, err := hostnet.ParseManageNetwork(vals[0])
 	if err != nil || !on || got.Mode != "static" || got.Address != n.Address || got.Gateway != n.Router ||
 		!slices.Equal(got.DNS, n.DNS) {
 		t.Errorf("pumi reads %s as %+v (on %v, err %v), want %+v", vals[0], got, on, err, n)

@@ -17,6 +17,7 @@ import (
 	"syscall"
 
 	"github.com/pumi-lab/pumi/internal/appliance"
+	"github.com/pumi-lab/pumi/internal/hostnet"
 	"github.com/pumi-lab/pumi/internal/store"
 	_ "time/tzdata" // gokrazy ships no zoneinfo; schedules use the admin's time zone
 )
@@ -59,7 +60,7 @@ func main() {
 		}
 		// Without its state pumi still brings up the network (the image's
 		// -manage-network default), so that page can be reached.
-		go appliance.RunHostNetwork(ctx, opts.ManageNetwork, log)
+		go hostnet.RunDefault(ctx, opts.ManageNetwork, log)
 		if derr := appliance.ServeDegraded(ctx, opts.Listen, opts.StateDir, err, log); derr != nil {
 			fmt.Fprintln(os.Stderr, "pumi-appliance:", derr)
 			if errors.Is(derr, appliance.ErrListen) {

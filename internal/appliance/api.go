@@ -10,12 +10,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/pumi-lab/pumi/internal/clonezilla"
+	"github.com/pumi-lab/pumi/internal/history"
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/macaddr"
-	"github.com/pumi-lab/pumi/internal/store"
 	"github.com/pumi-lab/pumi/internal/web"
 )
 
@@ -42,14 +41,13 @@ func (a *App) apiRoutes(mux *http.ServeMux) {
 	h("POST /api/v1/seats/import", a.apiImportSeats)
 	h("GET /api/v1/images", a.apiImages)
 	h("POST /api/v1/live/import", a.apiImportLive)
-	h("GET /api/v1/assignments", a.apiAssignments)
-	h("POST /api/v1/assignments", a.apiAssign)
-	h("DELETE /api/v1/assignments/{mac}", a.apiUnassign)
+	h("GET /api/v1/jobs", a.apiJobs)
+	h("POST /api/v1/jobs", a.apiStartJobs)
+	h("DELETE /api/v1/jobs/{mac}", a.apiCancelJob)
 	h("GET /api/v1/seen", a.apiSeen)
 	h("GET /api/v1/events", a.apiEvents)
 	h("PUT /api/v1/secrets/mail", a.apiPutMailSecret)
 	h("PUT /api/v1/secrets/ssh/{scope}/{name}", a.apiPutSSHSecret)
-	mux.HandleFunc("/api/v1/clonezilla/report", a.handleReport)
 }
 
 func (a *App) requireAdmin(next http.HandlerFunc) http.Handler {
@@ -261,28 +259,9 @@ func (a *App) apiImportLive(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// assignmentView is an Assignment as the API shows it: without the token.
-type assignmentView struct {
-	MAC, RunID, Image, Disk, State, Reason string
-	Action                                 Action
-	Boots                                  int
-	Created, Updated                       time.Time
-	LogFile                                string `json:",omitempty"`
-}
-
-func viewOf(a Assignment) assignmentView {
-	return assignmentView{MAC: a.MAC, RunID: a.RunID, Image: a.Image, Disk: a.Disk, State: a.State, Reason: a.Reason,
-		Action: a.Action, Boots: a.Boots, Created: a.Created, Updated: a.Updated, LogFile: a.LogFile}
-}
-
-func (a *App) apiAssignments(w http.ResponseWriter, r *http.Request) error {
-	var out []assignmentView
-	err := a.st.View(r.Context(), func(tx *store.Tx) error {
-		return assignmentBucket.ForEach(tx, func(_ string, v Assignment) error {
-			out = append(out, viewOf(v))
-			return nil
-		})
-	})
+// apiJobs lists seats' jobs (seatjob.Jobs.List: tokens removed).
+func (a *App) apiJobs(w http.ResponseWriter, r *http.Request) error {
+	out, err := a.jobs.List(r.Context())
 	if err != nil {
 		return err
 	}
@@ -290,50 +269,25 @@ func (a *App) apiAssignments(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// AssignRequest asks pumi to restore (or capture) seats on their next
-// network boot.
-type AssignRequest struct {
-	RunID  string   `json:"run_id,omitempty"`
-	Action Action   `json:"action"`
-	Image  string   `json:"image"`
-	MACs   []string `json:"macs,omitempty"`
-	Room   string   `json:"room,omitempty"`
-	Disk   string   `json:"disk,omitempty"`
-}
-
-func (a *App) apiAssign(w http.ResponseWriter, r *http.Request) error {
-	var req AssignRequest
+func (a *App) apiStartJobs(w http.ResponseWriter, r *http.Request) error {
+	var req JobRequest
 	if err := decodeJSON(r, &req); err != nil {
 		return err
 	}
-	got, err := a.Assign(r.Context(), req)
+	got, err := a.StartJobs(r.Context(), req)
 	if err != nil {
 		return err
 	}
-	views := make([]assignmentView, len(got))
-	for i, g := range got {
-		views[i] = viewOf(g)
-	}
-	writeJSON(w, http.StatusOK, views)
+	writeJSON(w, http.StatusOK, got)
 	return nil
 }
 
-func (a *App) apiUnassign(w http.ResponseWriter, r *http.Request) error {
+func (a *App) apiCancelJob(w http.ResponseWriter, r *http.Request) error {
 	m, err := macaddr.Parse(r.PathValue("mac"))
 	if err != nil {
 		return badRequest("%v", err)
 	}
-	err = a.st.Update(r.Context(), func(tx *store.Tx) error {
-		asg, ok, err := assignmentBucket.Get(tx, m.String())
-		if err != nil || !ok {
-			return err
-		}
-		if err := assignmentBucket.Delete(tx, m.String()); err != nil {
-			return err
-		}
-		return addEvent(tx, Event{MAC: asg.MAC, RunID: asg.RunID, Kind: "cancelled", Message: "job cancelled by the admin"})
-	})
-	if err != nil {
+	if _, err := a.jobs.Cancel(r.Context(), m.String(), "", "cancelled by the admin"); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -341,12 +295,7 @@ func (a *App) apiUnassign(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *App) apiSeen(w http.ResponseWriter, r *http.Request) error {
-	var out []Seen
-	err := a.st.View(r.Context(), func(tx *store.Tx) error {
-		var err error
-		out, err = seenBucket.List(tx)
-		return err
-	})
+	out, err := a.seen.List(r.Context())
 	if err != nil {
 		return err
 	}
@@ -354,19 +303,11 @@ func (a *App) apiSeen(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// apiEvents returns the newest 1000 events, oldest first.
 func (a *App) apiEvents(w http.ResponseWriter, r *http.Request) error {
-	var out []Event
-	err := a.st.View(r.Context(), func(tx *store.Tx) error {
-		var err error
-		out, err = eventBucket.List(tx)
-		return err
-	})
+	out, err := history.List(r.Context(), a.st, 1000)
 	if err != nil {
 		return err
-	}
-	// Newest last, at most the last 1000.
-	if len(out) > 1000 {
-		out = out[len(out)-1000:]
 	}
 	writeJSON(w, http.StatusOK, out)
 	return nil

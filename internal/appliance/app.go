@@ -6,6 +6,7 @@
 package appliance
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/subtle"
@@ -13,12 +14,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,7 +28,10 @@ import (
 	"github.com/pumi-lab/pumi/assets"
 	"github.com/pumi-lab/pumi/internal/atomicfile"
 	"github.com/pumi-lab/pumi/internal/boot"
+	"github.com/pumi-lab/pumi/internal/change"
 	"github.com/pumi-lab/pumi/internal/clonezilla"
+	"github.com/pumi-lab/pumi/internal/history"
+	"github.com/pumi-lab/pumi/internal/hostnet"
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/netboot"
@@ -34,6 +39,8 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/reimage"
+	"github.com/pumi-lab/pumi/internal/seatjob"
+	"github.com/pumi-lab/pumi/internal/seen"
 	"github.com/pumi-lab/pumi/internal/store"
 	"github.com/pumi-lab/pumi/internal/web"
 )
@@ -72,13 +79,15 @@ type App struct {
 	httpPort int // the port seats reach the HTTP server on
 	nfsPort  int
 
-	changes notifier // config changes, for the supervisors
+	changes change.Broadcast // config changes, for the supervisors
 
 	webAuth web.AuthStore // admin password, sessions, API tokens of the web page
 	sshKey  *power.Key
 	ssh     *power.Client
 	outbox  *notify.Outbox
 	engine  *reimage.Engine
+	jobs    *seatjob.Jobs
+	seen    *seen.Recorder
 
 	ready    chan struct{} // closed once Serve has bound its listeners
 	httpAddr net.Addr
@@ -106,7 +115,7 @@ func Open(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &App{opts: opts, log: opts.Log, st: st, inv: inventory.New(st), ready: make(chan struct{})}
+	a := &App{opts: opts, log: opts.Log, st: st, inv: inventory.New(st), seen: seen.New(st, opts.Log), ready: make(chan struct{})}
 	if a.apiToken, err = loadOrCreateToken(a.APITokenPath(), opts.APITokenFile == ""); err != nil {
 		st.Close()
 		return nil, err
@@ -206,13 +215,14 @@ func (a *App) SetConfig(ctx context.Context, cfg Config) error {
 		if err := configBucket.Put(tx, configKey, cfg); err != nil {
 			return err
 		}
-		return addEvent(tx, Event{Kind: "config", Message: "configuration changed (netboot " + cfg.Netboot.Mode + ")"})
+		return history.Add(tx, history.Event{Kind: "config", Message: "configuration changed (netboot " + cfg.Netboot.Mode + ")"})
 	})
 	if err != nil {
 		return err
 	}
-	a.changes.notify()
-	return nil
+	a.changes.Notify()
+	// The netboot mode decides whether leases count as address records.
+	return a.jobs.Refresh(ctx)
 }
 
 func (a *App) liveRoot() string { return filepath.Join(a.st.Dir(), "live") }
@@ -239,11 +249,22 @@ func (a *App) ImportLive(ctx context.Context, zipRel string) (clonezilla.LiveFil
 	return lf, nil
 }
 
-// Assign gives seats a restore or capture job for their next network boot.
-// Seats are named by MAC or by room; every seat must be in the inventory,
-// and a restore needs a valid image. All or nothing.
-func (a *App) Assign(ctx context.Context, req AssignRequest) ([]Assignment, error) {
-	if req.Action != ActionRestore && req.Action != ActionCapture {
+// JobRequest asks pumi for a manual job on seats (by MAC or room) on their
+// next network boot, outside any run.
+type JobRequest struct {
+	Key    string         `json:"key,omitempty"`
+	Action seatjob.Action `json:"action"`
+	Image  string         `json:"image"`
+	MACs   []string       `json:"macs,omitempty"`
+	Room   string         `json:"room,omitempty"`
+	Disk   string         `json:"disk,omitempty"`
+}
+
+// StartJobs gives seats a manual restore or capture job. Every seat must be
+// in the inventory with an address on record, and a restore needs a valid
+// image; everything is checked before the first job is written.
+func (a *App) StartJobs(ctx context.Context, req JobRequest) ([]seatjob.Job, error) {
+	if req.Action != seatjob.Restore && req.Action != seatjob.Capture {
 		return nil, badRequest("action must be restore or capture")
 	}
 	if err := clonezilla.CheckImagePath(req.Image); err != nil {
@@ -261,7 +282,7 @@ func (a *App) Assign(ctx context.Context, req AssignRequest) ([]Assignment, erro
 	if cfg.Repository == "" {
 		return nil, badRequest("no image repository configured")
 	}
-	if req.Action == ActionRestore {
+	if req.Action == seatjob.Restore {
 		img, err := clonezilla.Inspect(ctx, cfg.Repository, req.Image)
 		if err != nil {
 			return nil, badRequest("image %s: %v", req.Image, err)
@@ -270,7 +291,7 @@ func (a *App) Assign(ctx context.Context, req AssignRequest) ([]Assignment, erro
 			return nil, badRequest("image %s cannot be restored: %s", req.Image, strings.Join(img.Problems, "; "))
 		}
 	}
-	if req.Action == ActionCapture && req.Disk == "" && cfg.TargetDisk == "" {
+	if req.Action == seatjob.Capture && req.Disk == "" && cfg.TargetDisk == "" {
 		return nil, badRequest("a capture needs the source disk (disk)")
 	}
 	macs := map[string]bool{}
@@ -293,42 +314,35 @@ func (a *App) Assign(ctx context.Context, req AssignRequest) ([]Assignment, erro
 	if len(macs) == 0 {
 		return nil, badRequest("no seats named (macs or room)")
 	}
-	if req.Action == ActionCapture && len(macs) != 1 {
+	if req.Action == seatjob.Capture && len(macs) != 1 {
 		return nil, badRequest("a capture is taken from exactly one seat")
 	}
-	runID := req.RunID
-	if runID == "" {
-		runID = "manual-" + time.Now().UTC().Format("20060102-150405")
-	}
-	disk := req.Disk
-	if disk == "" {
-		disk = cfg.TargetDisk
-	}
-	var out []Assignment
-	err = a.st.Update(ctx, func(tx *store.Tx) error {
-		now := time.Now().UTC()
+	err = a.st.View(ctx, func(tx *store.Tx) error {
 		for m := range macs {
-			if _, err := inventory.SeatByMACTx(tx, m); err != nil {
-				return err
+			if _, err := seatAddr(tx, m); err != nil {
+				return badRequest("seat %s: %v", m, err)
 			}
-			tok, err := newToken()
-			if err != nil {
-				return err
-			}
-			asg := Assignment{MAC: m, RunID: runID, Action: req.Action, Image: req.Image, Disk: disk, Token: tok,
-				State: StatePending, Created: now, Updated: now}
-			if err := assignmentBucket.Put(tx, m, asg); err != nil {
-				return err
-			}
-			if err := addEvent(tx, Event{MAC: m, RunID: runID, Kind: "assigned",
-				Message: fmt.Sprintf("%s %s on the next network boot", req.Action, req.Image)}); err != nil {
-				return err
-			}
-			out = append(out, asg)
 		}
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	key := req.Key
+	if key == "" {
+		key = "manual-" + time.Now().UTC().Format("20060102-150405")
+	}
+	disk := cmp.Or(req.Disk, cfg.TargetDisk)
+	var out []seatjob.Job
+	for _, m := range slices.Sorted(maps.Keys(macs)) {
+		j, err := a.jobs.Start(ctx, seatjob.Request{Key: key, MAC: m, Action: req.Action, Image: req.Image, Disk: disk})
+		if err != nil {
+			return out, err
+		}
+		j.Token = ""
+		out = append(out, j)
+	}
+	return out, nil
 }
 
 // Status is what the status page and API show.
@@ -375,7 +389,7 @@ func (a *App) Serve(ctx context.Context) error {
 		return fmt.Errorf("ocs_server listen %s: %w (use -ocs-listen)", a.opts.OCSListen, err)
 	}
 
-	mux, err := boot.NewMux(decider{a}, "", a.log)
+	mux, err := boot.NewMux(a.jobs, "", a.log)
 	if err != nil {
 		return err
 	}
@@ -384,6 +398,7 @@ func (a *App) Serve(ctx context.Context) error {
 		return err
 	}
 	mux.Handle("/live/", http.StripPrefix("/live", live))
+	mux.Handle("/api/v1/clonezilla/report", a.jobs.ReportHandler())
 	a.apiRoutes(mux)
 	pages, err := web.New(webBackend{a}, web.Options{Auth: a.webAuth, BootstrapToken: func(tok string) bool {
 		return subtle.ConstantTimeCompare([]byte(tok), []byte(a.apiToken)) == 1
@@ -401,7 +416,7 @@ func (a *App) Serve(ctx context.Context) error {
 		}
 	}()
 	go func() {
-		if err := a.serveOCS(ctx, ocsL); err != nil {
+		if err := a.jobs.ServeOCS(ctx, ocsL); err != nil {
 			errc <- err
 		}
 	}()
@@ -413,9 +428,15 @@ func (a *App) Serve(ctx context.Context) error {
 			return err
 		}
 	}
-	go a.superviseHostNetwork(ctx)
+	go hostnet.Supervise(ctx, a.opts.ManageNetwork, a.log, func(ctx context.Context) (hostnet.NetworkSettings, <-chan struct{}, error) {
+		changed := a.changes.Wait()
+		cfg, err := a.Config(ctx)
+		return cfg.Network, changed, err
+	})
 	go a.superviseNetboot(ctx)
 	go a.st.BackupEvery(ctx, 6*time.Hour)
+	go a.seen.Run(ctx)
+	go a.pruneHistory(ctx)
 	go a.serveRuns(ctx)
 
 	a.httpAddr, a.ocsAddr = httpL.Addr(), ocsL.Addr()
@@ -457,7 +478,7 @@ func (a *App) superviseNetboot(ctx context.Context) {
 	}
 	defer halt()
 	for {
-		changed := a.changes.wait()
+		changed := a.changes.Wait()
 		want, off, err := a.netbootWanted(ctx)
 		switch {
 		case err != nil:
@@ -476,7 +497,7 @@ func (a *App) superviseNetboot(ctx context.Context) {
 		default:
 			halt()
 			runCtx, cancel := context.WithCancel(ctx)
-			srv, err := netboot.New(want, admission{a}, leaseStore{a.st}, assets.IPXE(), a.log)
+			srv, err := netboot.New(want, admission{a}, leaseStore{st: a.st, changed: func() { a.jobs.Refresh(ctx) }}, assets.IPXE(), a.log)
 			if err != nil {
 				cancel()
 				failed, failedAt = &want, time.Now()
@@ -562,67 +583,93 @@ func (a *App) reservations(ctx context.Context) ([]netboot.Reservation, error) {
 	return out, nil
 }
 
-// superviseNFS serves the repository over NFS with the current config and
-// restarts the export when the config changes, on the same port, so the
-// command lines already handed to seats stay right. Clients reconnect by
-// themselves and keep their file handles (they are stable across restarts).
+// superviseNFS serves the repository over NFS and restarts the export only
+// when the repository changes (other settings leave open connections alone),
+// on the same port, so the command lines already handed to seats stay right.
+// Clients reconnect by themselves and keep their file handles (they are
+// stable across restarts).
 func (a *App) superviseNFS(ctx context.Context, l net.Listener) {
 	host, _, _ := net.SplitHostPort(a.opts.NFSListen)
 	addr := net.JoinHostPort(host, fmt.Sprint(a.nfsPort))
+	var (
+		serving = "\x00" // the repository being served; never a real path
+		stop    = func() {}
+		served  = make(chan struct{})
+	)
+	close(served)
+	halt := func() {
+		stop()
+		<-served
+	}
+	defer halt()
 	for {
-		changed := a.changes.wait()
+		changed := a.changes.Wait()
 		cfg, err := a.Config(ctx)
-		var srv *nfsexport.Server
 		switch {
 		case err != nil:
 			a.setNFSStat(componentStatus{Error: err.Error()})
+		case cfg.Repository == serving:
+			// Nothing NFS serves changed.
 		case cfg.Repository == "":
+			halt()
+			serving = ""
 			a.setNFSStat(componentStatus{Detail: "(no image repository configured)"})
 		default:
-			srv, err = nfsexport.New(nfsexport.Config{Exports: []nfsexport.Export{
-				{Path: ExportImages, Dir: cfg.Repository},
-				{Path: ExportCapture, Dir: cfg.Repository, Writable: true},
-			}}, nfsAllow{a}, a.log)
+			halt()
+			serving = cfg.Repository
+			srv, err := nfsexport.New(nfsexport.Config{Exports: []nfsexport.Export{
+				{Path: seatjob.ExportImages, Dir: cfg.Repository},
+				{Path: seatjob.ExportCapture, Dir: cfg.Repository, Writable: true},
+			}}, a.jobs, a.log)
 			if err != nil {
 				a.setNFSStat(componentStatus{Error: err.Error()})
+				break
 			}
-		}
-		if srv != nil && l == nil {
-			var lc net.ListenConfig
-			if l, err = lc.Listen(ctx, "tcp", addr); err != nil {
-				a.setNFSStat(componentStatus{Error: fmt.Sprintf("listen %s: %v", addr, err)})
-				srv = nil
+			if l == nil {
+				var lc net.ListenConfig
+				if l, err = lc.Listen(ctx, "tcp", addr); err != nil {
+					a.setNFSStat(componentStatus{Error: fmt.Sprintf("listen %s: %v", addr, err)})
+					l = nil
+					serving = "\x00"
+					break
+				}
 			}
-		}
-		if srv == nil && l != nil {
-			l.Close()
-			l = nil
-		}
-		genCtx, stop := context.WithCancel(ctx)
-		served := make(chan struct{})
-		if srv != nil {
-			a.setNFSStat(componentStatus{Running: true, Detail: fmt.Sprintf("(%s read-only, %s for captures, port %d)", ExportImages, ExportCapture, a.nfsPort)})
-			go func(l net.Listener) {
+			genCtx, cancel := context.WithCancel(ctx)
+			stop, served = cancel, make(chan struct{})
+			a.setNFSStat(componentStatus{Running: true, Detail: fmt.Sprintf("(%s read-only, %s for captures, port %d)", seatjob.ExportImages, seatjob.ExportCapture, a.nfsPort)})
+			go func(l net.Listener, served chan struct{}) {
 				defer close(served)
 				// Serve closes l when genCtx ends.
 				if err := srv.Serve(genCtx, l); err != nil && genCtx.Err() == nil {
 					a.log.Error("nfs", "err", err)
 					a.setNFSStat(componentStatus{Error: err.Error()})
 				}
-			}(l)
+			}(l, served)
 			l = nil
-		} else {
-			close(served)
 		}
 		select {
 		case <-ctx.Done():
-			stop()
-			<-served
 			return
 		case <-changed:
 		}
-		stop()
-		<-served
+	}
+}
+
+// pruneHistory bounds the event log by age and count, hourly.
+func (a *App) pruneHistory(ctx context.Context) {
+	t := time.NewTicker(time.Hour)
+	defer t.Stop()
+	for {
+		if n, err := history.Prune(ctx, a.st, time.Now(), history.MaxAge, history.MaxCount); err != nil && ctx.Err() == nil {
+			a.log.Error("pruning the event log", "err", err)
+		} else if n > 0 {
+			a.log.Info("event log pruned", "dropped", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
 	}
 }
 
@@ -649,83 +696,4 @@ func (a *App) setNFSStat(s componentStatus) {
 	a.mu.Lock()
 	a.nfsStat = s
 	a.mu.Unlock()
-}
-
-// nfsAllow lets a client use /images while its seat has an active restore and
-// /capture (read-write) while it has an active capture. The seat is found by
-// the client's address: its inventory IP, its DHCP lease or the address it
-// last network-booted with.
-type nfsAllow struct{ a *App }
-
-func (n nfsAllow) AllowClient(ip netip.Addr, export string, write bool) bool {
-	ctx := context.Background()
-	ip = ip.Unmap()
-	allowed := false
-	err := n.a.st.View(ctx, func(tx *store.Tx) error {
-		return assignmentBucket.ForEach(tx, func(mac string, asg Assignment) error {
-			if !asg.Active() || allowed {
-				return nil
-			}
-			switch {
-			case export == ExportImages && asg.Action == ActionRestore && !write:
-			case export == ExportCapture && asg.Action == ActionCapture:
-			default:
-				return nil
-			}
-			if n.a.seatHasIP(tx, mac, ip) {
-				allowed = true
-			}
-			return nil
-		})
-	})
-	if err != nil {
-		n.a.log.Error("nfs allow check", "err", err)
-		return false
-	}
-	if !allowed {
-		n.a.log.Info("nfs: client refused (no active job for this address)", "client", ip, "export", export, "write", write)
-	}
-	return allowed
-}
-
-func (a *App) seatHasIP(tx *store.Tx, mac string, ip netip.Addr) bool {
-	if s, err := inventory.SeatByMACTx(tx, mac); err == nil && s.IP == ip {
-		return true
-	}
-	if l, ok, _ := leaseBucket.Get(tx, mac); ok && l.IP == ip {
-		return true
-	}
-	if s, ok, _ := seenBucket.Get(tx, mac); ok && s.IP == ip.String() {
-		return true
-	}
-	if asg, ok, _ := assignmentBucket.Get(tx, mac); ok && asg.ClientIP == ip.String() {
-		return true
-	}
-	return false
-}
-
-// notifier broadcasts "the config changed" to every supervisor: wait returns
-// a channel that notify closes. Take it before reading the config, so a
-// change in between is never missed.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func (n *notifier) wait() <-chan struct{} {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ch == nil {
-		n.ch = make(chan struct{})
-	}
-	return n.ch
-}
-
-func (n *notifier) notify() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.ch != nil {
-		close(n.ch)
-	}
-	n.ch = make(chan struct{})
 }

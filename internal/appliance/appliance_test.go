@@ -3,23 +3,30 @@ package appliance
 import (
 	"archive/zip"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/pumi-lab/pumi/internal/clonezilla"
+	"github.com/pumi-lab/pumi/internal/netboot"
+	"github.com/pumi-lab/pumi/internal/seatjob"
+	"github.com/pumi-lab/pumi/internal/testnet"
+	"github.com/pumi-lab/pumi/internal/testseat"
 	"github.com/pumi-lab/pumi/internal/web"
 )
 
@@ -38,7 +45,8 @@ type testApp struct {
 func startApp(t *testing.T, dir string) *testApp {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	app, err := Open(ctx, Options{StateDir: dir, Listen: "127.0.0.1:0", NFSListen: "127.0.0.1:0", OCSListen: "127.0.0.1:0",
+	lh := listenHost()
+	app, err := Open(ctx, Options{StateDir: dir, Listen: lh + ":0", NFSListen: lh + ":0", OCSListen: lh + ":0",
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		cancel()
@@ -75,6 +83,13 @@ func (ta *testApp) stop() {
 // do sends an API request and returns status and body.
 func (ta *testApp) do(method, path, ctype string, body []byte, auth bool) (int, string) {
 	ta.t.Helper()
+	return ta.doFrom("", method, path, ctype, body, auth)
+}
+
+// doFrom is do from a given loopback source address ("" = any): a seat at
+// its inventory IP, or a visitor at another.
+func (ta *testApp) doFrom(from, method, path, ctype string, body []byte, auth bool) (int, string) {
+	ta.t.Helper()
 	req, err := http.NewRequest(method, ta.base+path, bytes.NewReader(body))
 	if err != nil {
 		ta.t.Fatal(err)
@@ -85,13 +100,23 @@ func (ta *testApp) do(method, path, ctype string, body []byte, auth bool) (int, 
 	if auth {
 		req.Header.Set("Authorization", "Bearer "+ta.token)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := clientFrom(from).Do(req)
 	if err != nil {
 		ta.t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// clientFrom is an HTTP client whose connections leave from the loopback
+// address from (the whole of 127.0.0.0/8 is local on Linux).
+func clientFrom(from string) *http.Client {
+	if from == "" {
+		return http.DefaultClient
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true}}
 }
 
 func (ta *testApp) mustDo(method, path, ctype string, body []byte) string {
@@ -145,6 +170,58 @@ func repoWithLiveZip(t *testing.T) string {
 	return repo
 }
 
+// The trust tests' network: pumi, three seats and a visitor are all local
+// addresses of one dummy interface in a namespace the test creates (see
+// inTrustNS), so a test can speak from a seat's address and from another.
+const (
+	trustEnv  = "PUMI_TRUST_TEST_NS" // set in the re-executed child: its namespace
+	trustPumi = "10.84.0.1"
+	seat1     = "10.84.0.11"
+	seat2     = "10.84.0.12"
+	seat3     = "10.84.0.13"
+	visitor   = "10.84.0.66"
+)
+
+// inTrustNS re-executes the calling test inside a fresh network namespace
+// that has the trust network's addresses, and reports true in the parent,
+// which then returns: the test runs as a whole in the child, so not one of
+// its packets, nor the appliance's, leaves that namespace.
+func inTrustNS(t *testing.T) (parent bool) {
+	if ns := os.Getenv(trustEnv); ns != "" {
+		if own, ok := testseat.OwnNamespace(); !ok || own != ns {
+			t.Fatalf("%s=%s is set but this process is in namespace %q", trustEnv, ns, own)
+		}
+		return false
+	}
+	testnet.Require(t, "nsenter")
+	ns := testnet.New(t)
+	// A bridge with no ports: this kernel has no dummy interfaces.
+	ns.Bridge("lab0", trustPumi+"/24")
+	for _, a := range []string{seat1, seat2, seat3, visitor} {
+		ns.MustIP("addr", "add", a+"/32", "dev", "lab0")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "nsenter", "--net=/run/netns/"+ns.Name, "--",
+		os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1", "-test.timeout=170s")
+	cmd.Env = append(os.Environ(), trustEnv+"="+ns.Name)
+	out, err := cmd.CombinedOutput()
+	t.Logf("inside namespace %s:\n%s", ns.Name, out)
+	if err != nil {
+		t.Fatalf("the test failed inside its namespace: %v", err)
+	}
+	return true
+}
+
+// listenHost is where a test's appliance listens: pumi's trust-network
+// address inside inTrustNS, else loopback.
+func listenHost() string {
+	if os.Getenv(trustEnv) != "" {
+		return trustPumi
+	}
+	return "127.0.0.1"
+}
+
 const (
 	mac1 = "52:54:00:00:00:01"
 	mac2 = "52:54:00:00:00:02"
@@ -156,7 +233,7 @@ const (
 func setupLab(t *testing.T, ta *testApp) (liveVersion string) {
 	repo := repoWithLiveZip(t)
 	ta.mustDo("PUT", "/api/v1/config", "application/json", jsonBody(t, map[string]any{
-		"netboot":    map[string]any{"mode": "off", "server_ip": "127.0.0.1"},
+		"netboot":    map[string]any{"mode": "off", "server_ip": trustPumi},
 		"repository": repo,
 	}))
 	out := ta.mustDo("POST", "/api/v1/live/import", "application/json", []byte(`{"zip":"clonezilla-live-3.3.0-33-amd64.zip"}`))
@@ -168,19 +245,24 @@ func setupLab(t *testing.T, ta *testApp) (liveVersion string) {
 	// The seed's CSV format (MAC, IP, user) with the optional hostname and
 	// room columns, MACs spelled three ways.
 	csv := "mac,ip,user,hostname,room\n" +
-		"52-54-00-00-00-01,10.99.0.11,alumno,pc01,lab\n" +
-		"5254.0000.0002,10.99.0.12,alumno,pc02,lab\n" +
-		"525400000003,10.99.0.13,alumno,pc03,office\n"
+		"52-54-00-00-00-01," + seat1 + ",alumno,pc01,lab\n" +
+		"5254.0000.0002," + seat2 + ",alumno,pc02,lab\n" +
+		"525400000003," + seat3 + ",alumno,pc03,office\n"
 	ta.mustDo("POST", "/api/v1/seats/import", "text/csv", []byte(csv))
-	ta.mustDo("POST", "/api/v1/assignments", "application/json", []byte(`{"action":"restore","image":"LAB-A-img","room":"lab","run_id":"run1"}`))
+	ta.mustDo("POST", "/api/v1/jobs", "application/json", []byte(`{"action":"restore","image":"LAB-A-img","room":"lab","key":"run1"}`))
 	return lf.Version
 }
 
+// script fetches mac's boot script from the seat's own address.
 func script(t *testing.T, ta *testApp, mac string) (int, string) {
-	return ta.do("GET", "/boot/"+mac+".ipxe", "", nil, false)
+	from := map[string]string{mac1: seat1, "52-54-00-00-00-01": seat1, mac2: seat2, mac3: seat3}[mac]
+	return ta.doFrom(cmp.Or(from, visitor), "GET", "/boot/"+mac+".ipxe", "", nil, false)
 }
 
 func TestBootScriptsPerMAC(t *testing.T) {
+	if inTrustNS(t) {
+		return
+	}
 	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
 	ver := setupLab(t, ta)
 
@@ -197,7 +279,7 @@ func TestBootScriptsPerMAC(t *testing.T) {
 		"ocs_live_batch=yes",
 		"locales=en_US.UTF-8",
 		"keyboard-layouts=us",
-		"127.0.0.1:/images /home/partimag",
+		trustPumi + ":/images /home/partimag",
 		"-p reboot",
 		"\nboot",
 	} {
@@ -232,7 +314,35 @@ func TestBootScriptsPerMAC(t *testing.T) {
 
 var tokenRE = regexp.MustCompile(`pumi_token=([A-Za-z0-9_-]+)`)
 
+// jobs is the API's job list by MAC.
+func jobs(t *testing.T, ta *testApp) map[string]seatjob.Job {
+	var list []seatjob.Job
+	if err := json.Unmarshal([]byte(ta.mustDo("GET", "/api/v1/jobs", "", nil)), &list); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]seatjob.Job{}
+	for _, j := range list {
+		out[j.MAC] = j
+	}
+	return out
+}
+
+// sendOCS sends Clonezilla ocs_server lines to 6461 from a loopback address.
+func sendOCS(t *testing.T, ta *testApp, from, lines string) {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", ta.ocs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprint(c, lines)
+}
+
 func TestRestoreLifecycleAndRestart(t *testing.T) {
+	if inTrustNS(t) {
+		return
+	}
 	dir := filepath.Join(t.TempDir(), "state")
 	ta := startApp(t, dir)
 	setupLab(t, ta)
@@ -253,7 +363,7 @@ func TestRestoreLifecycleAndRestart(t *testing.T) {
 	if code, _ := ta.do("GET", "/api/v1/clonezilla/report?token=forgedforgedforgedforged&status=finished", "", nil, false); code != http.StatusForbidden {
 		t.Errorf("forged token: %d, want 403", code)
 	}
-	if code, out := ta.do("GET", "/api/v1/clonezilla/report?token="+tok+"&status=started", "", nil, false); code != 200 {
+	if code, out := ta.doFrom(seat1, "GET", "/api/v1/clonezilla/report?token="+tok+"&status=started", "", nil, false); code != 200 {
 		t.Fatalf("started: %d %s", code, out)
 	}
 
@@ -269,12 +379,7 @@ func TestRestoreLifecycleAndRestart(t *testing.T) {
 
 	// Clonezilla's own ocs_server line (from the seat's address), then the
 	// tokened "finished" report with the log.
-	c, err := net.Dial("tcp", ta.ocs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fmt.Fprintf(c, "127.0.0.1,%s,,,,Unicast restored LAB-A-img, nvme0n1p1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", mac1)
-	c.Close()
+	sendOCS(t, ta, seat1, fmt.Sprintf("%s,%s,,,,Unicast restored LAB-A-img, nvme0n1p1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", seat1, mac1))
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		out := ta.mustDo("GET", "/api/v1/events", "", nil)
@@ -286,33 +391,129 @@ func TestRestoreLifecycleAndRestart(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if code, out := ta.do("POST", "/api/v1/clonezilla/report?token="+tok+"&status=finished", "application/x-www-form-urlencoded",
+	if code, out := ta.doFrom(seat1, "POST", "/api/v1/clonezilla/report?token="+tok+"&status=finished", "application/x-www-form-urlencoded",
 		[]byte("Starting /usr/sbin/ocs-sr at ...\nEnding /usr/sbin/ocs-sr at ...\n"), false); code != 200 {
 		t.Fatalf("finished: %d %s", code, out)
 	}
 	// Seat 2 finished without Clonezilla's success line and with a failure
 	// in its log: failed, with the reason from the log.
-	ta.do("POST", "/api/v1/clonezilla/report?token="+tok2+"&status=finished", "", []byte("Failed to restore partition image file /home/partimag/LAB-A-img/nvme0n1p2\n"), false)
+	ta.doFrom(seat2, "POST", "/api/v1/clonezilla/report?token="+tok2+"&status=finished", "", []byte("Failed to restore partition image file /home/partimag/LAB-A-img/nvme0n1p2\n"), false)
 
 	ta.stop()
 	ta = startApp(t, dir)
 	if _, s := script(t, ta, mac1); !strings.Contains(s, "exit 1") {
 		t.Errorf("restored seat must boot its disk now:\n%s", s)
 	}
-	var asgs []assignmentView
-	json.Unmarshal([]byte(ta.mustDo("GET", "/api/v1/assignments", "", nil)), &asgs)
-	got := map[string]assignmentView{}
-	for _, a := range asgs {
-		got[a.MAC] = a
-	}
-	if a := got[mac1]; a.State != StateDone || a.Boots != 2 || a.LogFile == "" {
+	got := jobs(t, ta)
+	if a := got[mac1]; a.State != seatjob.Done || a.Boots != 2 || a.LogFile == "" {
 		t.Errorf("seat 1: %+v, want done after 2 boots with a log", a)
 	}
-	if a := got[mac2]; a.State != StateFailed || !strings.Contains(a.Reason, "Failed to restore") {
+	if a := got[mac2]; a.State != seatjob.Failed || !strings.Contains(a.Reason, "Failed to restore") {
 		t.Errorf("seat 2: %+v, want failed with the log's reason", a)
 	}
-	if strings.Contains(ta.mustDo("GET", "/api/v1/assignments", "", nil), tok) {
+	if strings.Contains(ta.mustDo("GET", "/api/v1/jobs", "", nil), tok) {
 		t.Error("the API must never show report tokens")
+	}
+}
+
+// TestVisitorCannotActForASeat: a curious student at another address of the
+// lab network, with a restore job active for seat 1, tries what the issue
+// "Seat jobs: one owner" found open; none of it changes any state, and the
+// seat itself still gets its restore.
+func TestVisitorCannotActForASeat(t *testing.T) {
+	if inTrustNS(t) {
+		return
+	}
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	setupLab(t, ta)
+	before := jobs(t, ta)[mac1]
+
+	// The boot script from another address: no token, exit 1, nothing counted.
+	code, s := ta.doFrom(visitor, "GET", "/boot/"+mac1+".ipxe", "", nil, false)
+	if code != 200 || !strings.Contains(s, "exit 1") || tokenRE.MatchString(s) || strings.Contains(s, "kernel") {
+		t.Fatalf("visitor's script for seat 1: %d\n%s", code, s)
+	}
+	if now := jobs(t, ta)[mac1]; now.State != before.State || now.Boots != before.Boots || now.Updated != before.Updated {
+		t.Fatalf("a visitor's fetch changed the job: %+v -> %+v", before, now)
+	}
+
+	// The seat boots and gets its token; a visitor who learnt it cannot use it.
+	_, s = script(t, ta, mac1)
+	tok := tokenRE.FindStringSubmatch(s)
+	if tok == nil {
+		t.Fatalf("seat 1 from its own address gets no restore:\n%s", s)
+	}
+	booted := jobs(t, ta)[mac1]
+	for _, st := range []string{"started", "finished"} {
+		if code, _ := ta.doFrom(visitor, "POST", "/api/v1/clonezilla/report?token="+tok[1]+"&status="+st, "", []byte("Failed to restore\n"), false); code != http.StatusForbidden {
+			t.Errorf("stolen token, status=%s, from a visitor: %d, want 403", st, code)
+		}
+	}
+
+	// A forged PXE DISCOVER with seat 1's MAC and the visitor's ciaddr is
+	// recorded as seen, and opens nothing.
+	m1, _ := net.ParseMAC(mac1)
+	admission{ta.app}.Seen(m1, netboot.ClientInfo{Firmware: "uefi", Arch: 7, IP: netip.MustParseAddr(visitor)})
+	if err := ta.app.seen.Flush(t.Context(), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	vis, seat := netip.MustParseAddr(visitor), netip.MustParseAddr(seat1)
+	if ta.app.jobs.AllowClient(vis, seatjob.ExportImages, false) || ta.app.jobs.AllowConnect(vis) {
+		t.Error("a forged DISCOVER's ciaddr got NFS access")
+	}
+	if !ta.app.jobs.AllowClient(seat, seatjob.ExportImages, false) || ta.app.jobs.AllowClient(seat, seatjob.ExportImages, true) {
+		t.Error("the seat's own address must read /images, and only read")
+	}
+
+	// 6461 lines: another MAC, another image, another claimed address, and
+	// from the visitor: all ignored.
+	sendOCS(t, ta, seat1, fmt.Sprintf("%s,%s,,,,Unicast restored LAB-A-img, sda1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", seat1, mac2)+
+		fmt.Sprintf("%s,%s,,,,Unicast restored LAB-B-img, sda1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", seat1, mac1)+
+		fmt.Sprintf("%s,%s,,,,Unicast restored LAB-A-img, sda1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", seat2, mac1))
+	sendOCS(t, ta, visitor, fmt.Sprintf("%s,%s,,,,Unicast restored LAB-A-img, sda1, success, 0.1 GB, 0.02 mins, 5.1 GB/min;\n", visitor, mac1))
+	time.Sleep(300 * time.Millisecond) // the listener handles lines asynchronously
+	if now := jobs(t, ta)[mac1]; now.OCSLine != "" || now.State != booted.State || now.Boots != booted.Boots {
+		t.Errorf("foreign 6461 lines changed seat 1's job: %+v", now)
+	}
+	if now := jobs(t, ta)[mac2]; now.OCSLine != "" {
+		t.Errorf("a line from seat 1's address changed seat 2's job: %+v", now)
+	}
+	// The seat itself still finishes its restore.
+	if code, out := ta.doFrom(seat1, "GET", "/api/v1/clonezilla/report?token="+tok[1]+"&status=started", "", nil, false); code != 200 {
+		t.Fatalf("the seat's own report: %d %s", code, out)
+	}
+}
+
+// TestConfigSaveKeepsNFS: saving settings that NFS does not serve (a
+// schedule, the console, mail) must not drop seats' NFS connections.
+func TestConfigSaveKeepsNFS(t *testing.T) {
+	if inTrustNS(t) {
+		return
+	}
+	ta := startApp(t, filepath.Join(t.TempDir(), "state"))
+	setupLab(t, ta)
+	_, _, nfsPort := ta.app.Addrs()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(seat1)}}
+	c, err := d.Dial("tcp", net.JoinHostPort(trustPumi, fmt.Sprint(nfsPort)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var cfg map[string]any
+	json.Unmarshal([]byte(ta.mustDo("GET", "/api/v1/config", "", nil)), &cfg)
+	cfg["console"] = "ttyS0,115200"
+	ta.mustDo("PUT", "/api/v1/config", "application/json", jsonBody(t, cfg))
+	time.Sleep(500 * time.Millisecond) // a restart would close it by now
+	c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the seat's NFS connection after a config save: %v, want still open", err)
+	}
+	// A new repository does restart the export.
+	cfg["repository"] = repoWithLiveZip(t)
+	ta.mustDo("PUT", "/api/v1/config", "application/json", jsonBody(t, cfg))
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a new repository left the old export's connection open: %v", err)
 	}
 }
 
@@ -321,7 +522,7 @@ func TestAPIRefusesWithoutToken(t *testing.T) {
 	for _, r := range []struct{ method, path string }{
 		{"GET", "/api/v1/status"}, {"GET", "/api/v1/config"}, {"PUT", "/api/v1/config"}, {"GET", "/api/v1/seats"},
 		{"POST", "/api/v1/seats/import"}, {"GET", "/api/v1/images"}, {"POST", "/api/v1/live/import"},
-		{"GET", "/api/v1/assignments"}, {"POST", "/api/v1/assignments"}, {"DELETE", "/api/v1/assignments/52:54:00:00:00:01"},
+		{"GET", "/api/v1/jobs"}, {"POST", "/api/v1/jobs"}, {"DELETE", "/api/v1/jobs/52:54:00:00:00:01"},
 		{"GET", "/api/v1/seen"}, {"GET", "/api/v1/events"}, {"GET", "/api/v1/seats.csv"},
 		{"PUT", "/api/v1/secrets/mail"}, {"PUT", "/api/v1/secrets/ssh/room/lab"},
 	} {
@@ -401,7 +602,7 @@ func TestBadInputChangesNothing(t *testing.T) {
 	if seats := ta.mustDo("GET", "/api/v1/seats", "", nil); strings.Contains(seats, "52:54:00:00:00:01") {
 		t.Errorf("a refused import added seats: %s", seats)
 	}
-	if code, _ := ta.do("POST", "/api/v1/assignments", "application/json", []byte(`{"action":"restore","image":"../etc","macs":["52:54:00:00:00:01"]}`), true); code != http.StatusBadRequest {
+	if code, _ := ta.do("POST", "/api/v1/jobs", "application/json", []byte(`{"action":"restore","image":"../etc","macs":["52:54:00:00:00:01"]}`), true); code != http.StatusBadRequest {
 		t.Errorf("image path escape accepted: %d", code)
 	}
 }
@@ -450,16 +651,6 @@ func TestDegradedModeExplainsAndImagesNothing(t *testing.T) {
 	cancel()
 	if err := <-done; err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestReportedBytes(t *testing.T) {
-	l, err := clonezilla.ParseStatusLine("10.99.0.23,52:54:00:ab:cd:ef,,,,Unicast restored LAB-A-img, nvme0n1p1, success, 0.1 GB, 0.02 mins, 5.1 GB/min; nvme0n1p2, success, 512 MB, 0.3 mins, 4.0 GB/min;")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := reportedBytes(l); got != 612_000_000 {
-		t.Errorf("reportedBytes = %d, want 612000000", got)
 	}
 }
 
@@ -545,27 +736,5 @@ func TestReservationsFollowInventory(t *testing.T) {
 			t.Fatalf("netboot status: %+v", st.Netboot)
 		}
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// TestJudgeFallsBackToTheLog: without the 6461 status line, the report
-// ocs-sr logged (and the seat uploaded with its token) decides.
-func TestJudgeFallsBackToTheLog(t *testing.T) {
-	logged := []byte("Sending info:   1 Unicast restored LAB-A-img, /dev/nvme0n1p1, success, 12.8 MB = 25067 Blocks, .044 mins; to 10.88.0.1:6461... done!\nFinished!\n")
-	for _, c := range []struct {
-		name string
-		asg  Assignment
-		log  []byte
-		ok   bool
-	}{
-		{"status line", Assignment{Image: "LAB-A-img", OCSLine: "10.0.0.5 52:54:00:00:00:01 Unicast restored LAB-A-img, /dev/sda1, success"}, nil, true},
-		{"logged report", Assignment{Image: "room/LAB-A-img"}, logged, true},
-		{"logged report of another image", Assignment{Image: "LAB-B-img"}, logged, false},
-		{"logged failure", Assignment{Image: "LAB-A-img"}, bytes.ReplaceAll(logged, []byte("success"), []byte("***FAIL***")), false},
-		{"nothing", Assignment{Image: "LAB-A-img"}, []byte("Finished!\n"), false},
-	} {
-		if ok, reason := judge(c.asg, c.log); ok != c.ok || !ok && reason == "" {
-			t.Errorf("%s: judge = %v %q, want %v", c.name, ok, reason, c.ok)
-		}
 	}
 }

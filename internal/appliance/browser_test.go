@@ -266,11 +266,11 @@ func TestBrowserFlow(t *testing.T) {
 	}
 	// The engine handed the seat's restore job to the appliance before it
 	// tried to power it: the next network boot would restore it.
-	var asgs []struct{ MAC, RunID, Action, Image string }
-	app.api(t, base, "/api/v1/assignments", &asgs)
+	var asgs []struct{ MAC, Key, Action, Image string }
+	app.api(t, base, "/api/v1/jobs", &asgs)
 	found := false
 	for _, a := range asgs {
-		found = found || a.MAC == withUser && strings.HasPrefix(a.RunID, runID) && a.Action == "restore" && a.Image == "LAB-A-img"
+		found = found || a.MAC == withUser && strings.HasPrefix(a.Key, runID) && a.Action == "restore" && a.Image == "LAB-A-img"
 	}
 	if !found {
 		t.Fatalf("no restore job of run %s for %s: %+v", runID, withUser, asgs)

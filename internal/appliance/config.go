@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pumi-lab/pumi/internal/hostnet"
 	"github.com/pumi-lab/pumi/internal/netboot"
 )
 
@@ -31,7 +32,7 @@ type Config struct {
 
 	// Network is the appliance's own address (DHCP client or static); on
 	// gokrazy it is applied at boot.
-	Network NetworkSettings `json:"network,omitzero"`
+	Network hostnet.NetworkSettings `json:"network,omitzero"`
 	// Mail is the SMTP account reports are sent with; its password is a
 	// secret kept apart (SecretMail) and never shown back.
 	Mail MailSettings `json:"mail,omitzero"`
@@ -43,14 +44,6 @@ type Config struct {
 	TimeZone string `json:"time_zone,omitempty"`
 	// WoLGap staggers Wake-on-LAN packets between seats (default 2s).
 	WoLGap Duration `json:"wol_gap,omitzero"`
-}
-
-// NetworkSettings is the appliance's own address on its interface.
-type NetworkSettings struct {
-	Mode    string       `json:"mode,omitempty"` // "dhcp" (default) or "static"
-	Address netip.Prefix `json:"address,omitzero"`
-	Gateway netip.Addr   `json:"gateway,omitzero"`
-	DNS     []netip.Addr `json:"dns,omitempty"`
 }
 
 // MailSettings is the SMTP account without its password.
@@ -136,7 +129,7 @@ func (c Config) Validate() error {
 	case "static":
 		// The same check the host network supervisor applies, so the API
 		// refuses what gokrazy's DHCP client could not configure.
-		if _, err := dhcpArgs(c.Network); err != nil {
+		if _, err := hostnet.DHCPArgs(c.Network); err != nil {
 			probs = append(probs, err.Error())
 		}
 	default:

@@ -78,6 +78,6 @@ func ServeDegraded(ctx context.Context, listen, stateDir string, cause error, lo
 // pumi cannot know which seat should be imaged, so none is.
 type unavailable struct{ cause error }
 
-func (u unavailable) Decide(context.Context, net.HardwareAddr) (boot.Decision, error) {
+func (u unavailable) Decide(context.Context, boot.Machine) (boot.Decision, error) {
 	return boot.Decision{Action: boot.Exit, Reason: "pumi cannot use its state; nothing is imaged"}, nil
 }

@@ -9,12 +9,14 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pumi-lab/pumi/internal/history"
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/reimage"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/store"
 )
 
@@ -108,10 +110,10 @@ func (a *App) PutSchedule(ctx context.Context, s schedule.Schedule) error {
 		if err := scheduleBucket.Put(tx, s.ID, s); err != nil {
 			return err
 		}
-		return addEvent(tx, Event{Kind: "schedule", Message: fmt.Sprintf("schedule %q saved (%s)", s.Name, s.Spec.String())})
+		return history.Add(tx, history.Event{Kind: "schedule", Message: fmt.Sprintf("schedule %q saved (%s)", s.Name, s.Spec.String())})
 	})
 	if err == nil {
-		a.changes.notify()
+		a.changes.Notify()
 	}
 	return err
 }
@@ -131,7 +133,7 @@ func (a *App) DeleteSchedule(ctx context.Context, id string) error {
 		return fireBucket.Delete(tx, id)
 	})
 	if err == nil {
-		a.changes.notify()
+		a.changes.Notify()
 	}
 	return err
 }
@@ -179,7 +181,7 @@ func (f fireStore) SetLastFire(ctx context.Context, id string, t time.Time) erro
 	return f.st.Update(ctx, func(tx *store.Tx) error { return fireBucket.Put(tx, id, t) })
 }
 
-// lab is reimage.Lab on the inventory and the seats' netboot jobs.
+// lab is reimage.Lab on the inventory and internal/seatjob.
 type lab struct{ a *App }
 
 func seatID(s inventory.Seat) string {
@@ -189,8 +191,15 @@ func seatID(s inventory.Seat) string {
 	return s.MAC
 }
 
-func (l lab) Seats(ctx context.Context, t schedule.Target) ([]reimage.Seat, error) {
+// Seats resolves the target and each seat's SSH login once, for the run:
+// the login of the run's image, else of the seat's room, else the
+// inventory's user with pumi's key.
+func (l lab) Seats(ctx context.Context, t schedule.Target, image string) ([]reimage.Seat, error) {
 	seats, err := l.a.inv.Seats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := l.a.Config(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +221,7 @@ func (l lab) Seats(ctx context.Context, t schedule.Target) ([]reimage.Seat, erro
 		if s.IP.IsValid() {
 			addr = s.IP.String()
 		}
-		out = append(out, reimage.Seat{ID: seatID(s), Room: s.Room, MAC: s.MAC, Addr: addr})
+		out = append(out, reimage.Seat{ID: seatID(s), Room: s.Room, MAC: s.MAC, Addr: addr, Login: cfg.login(s, image)})
 	}
 	for _, s := range t.Seats {
 		m, _ := macaddr.Normalize(s)
@@ -223,86 +232,58 @@ func (l lab) Seats(ctx context.Context, t schedule.Target) ([]reimage.Seat, erro
 	return out, nil
 }
 
-func (l lab) StartJob(ctx context.Context, j reimage.Job) error {
-	// Idempotent on the key: after a crash the engine repeats StartJob, and
-	// a second Assign would issue a new token and reset the seat's progress.
-	var same bool
-	err := l.a.st.View(ctx, func(tx *store.Tx) error {
-		asg, ok, err := assignmentBucket.Get(tx, j.Seat.MAC)
-		same = ok && asg.RunID == j.Key
-		return err
-	})
-	if err != nil || same {
-		return err
+// login picks the SSH login of image, else of the seat's room, else the
+// inventory's user with pumi's key.
+func (c Config) login(s inventory.Seat, image string) reimage.Login {
+	for _, scope := range []struct{ kind, name string }{{"image", image}, {"room", s.Room}} {
+		if scope.name == "" {
+			continue
+		}
+		if i := slices.IndexFunc(c.SSH, func(l SSHLogin) bool { return l.Scope == scope.kind && l.Name == scope.name }); i >= 0 {
+			return reimage.Login{User: c.SSH[i].User, Secret: SSHSecretName(scope.kind, scope.name)}
+		}
 	}
-	_, err = l.a.Assign(ctx, AssignRequest{RunID: j.Key, Action: Action(j.Action), Image: j.Image, MACs: []string{j.Seat.MAC}})
+	return reimage.Login{User: s.SSHUser}
+}
+
+func (l lab) StartJob(ctx context.Context, j reimage.Job) error {
+	var disk string
+	if cfg, err := l.a.Config(ctx); err == nil {
+		disk = cfg.TargetDisk
+	}
+	_, err := l.a.jobs.Start(ctx, seatjob.Request{Key: j.Key, MAC: j.Seat.MAC, Action: seatjob.Action(j.Action), Image: j.Image, Disk: disk})
 	return err
 }
 
 func (l lab) JobState(ctx context.Context, mac, key string) (reimage.JobState, error) {
-	var js reimage.JobState
-	err := l.a.st.View(ctx, func(tx *store.Tx) error {
-		asg, ok, err := assignmentBucket.Get(tx, mac)
-		if err != nil {
-			return err
-		}
-		if !ok || asg.RunID != key {
-			return reimage.ErrNoJob
-		}
-		js = reimage.JobState{State: asg.State, Reason: asg.Reason, Boots: asg.Boots, Bytes: asg.Bytes, Updated: asg.Updated}
-		return nil
-	})
-	return js, err
+	j, err := l.a.jobs.Get(ctx, mac, key)
+	if err != nil {
+		return reimage.JobState{}, err
+	}
+	return reimage.JobState{State: j.State, Reason: j.Reason, Boots: j.Boots, Bytes: j.Bytes, Updated: j.Updated}, nil
 }
 
 func (l lab) CancelJob(ctx context.Context, mac, key string) error {
-	return l.a.st.Update(ctx, func(tx *store.Tx) error {
-		asg, ok, err := assignmentBucket.Get(tx, mac)
-		if err != nil || !ok || asg.RunID != key {
-			return err
-		}
-		if err := assignmentBucket.Delete(tx, mac); err != nil {
-			return err
-		}
-		return addEvent(tx, Event{MAC: mac, RunID: key, Kind: "job-cancelled", Message: "netboot job ended by the runs engine"})
-	})
+	_, err := l.a.jobs.Cancel(ctx, mac, key, "ended by its run")
+	return err
 }
 
-// powerAdapter is reimage.Power on internal/power, with the logins of the
-// config: an image's login, else the room's, else pumi's key as the seat's
-// SSH user.
+// powerAdapter is reimage.Power on internal/power with the seat's login.
 type powerAdapter struct{ a *App }
 
 func (p powerAdapter) target(ctx context.Context, s reimage.Seat, image string) (power.Target, error) {
-	cfg, err := p.a.Config(ctx)
-	if err != nil {
-		return power.Target{}, err
-	}
-	seat, err := p.a.inv.SeatByMAC(ctx, s.MAC)
-	if err != nil {
-		return power.Target{}, err
-	}
-	cred := power.Credential{User: seat.SSHUser, UseKey: true}
-	for _, scope := range []struct{ kind, name string }{{"image", image}, {"room", seat.Room}} {
-		if scope.name == "" {
-			continue
-		}
-		i := slices.IndexFunc(cfg.SSH, func(l SSHLogin) bool { return l.Scope == scope.kind && l.Name == scope.name })
-		if i < 0 {
-			continue
-		}
-		pw, err := p.a.secret(ctx, SSHSecretName(scope.kind, scope.name))
+	cred := power.Credential{User: s.Login.User, UseKey: true}
+	if s.Login.Secret != "" {
+		pw, err := p.a.secret(ctx, s.Login.Secret)
 		if err != nil {
 			return power.Target{}, err
 		}
-		cred = power.Credential{User: cfg.SSH[i].User, Password: power.Secret(pw), UseKey: pw == ""}
-		break
+		cred = power.Credential{User: s.Login.User, Password: power.Secret(pw), UseKey: pw == ""}
 	}
 	if cred.User == "" {
 		return power.Target{}, fmt.Errorf("seat %s has no SSH user (set one in the inventory or an SSH login for its room)", s.MAC)
 	}
-	addr := s.Addr
-	if addr == "" {
+	if s.Addr == "" {
 		return power.Target{}, fmt.Errorf("seat %s has no IP address in the inventory", s.MAC)
 	}
 	if image == "" {
@@ -310,7 +291,7 @@ func (p powerAdapter) target(ctx context.Context, s reimage.Seat, image string) 
 		// is pinned under a placeholder until it runs a known image.
 		image = "unverified"
 	}
-	return power.Target{Addr: addr, Seat: s.MAC, Image: image, Cred: cred}, nil
+	return power.Target{Addr: s.Addr, Seat: s.MAC, Image: image, Cred: cred}, nil
 }
 
 func (p powerAdapter) Reboot(ctx context.Context, s reimage.Seat, running string) error {
@@ -424,6 +405,11 @@ func (a *App) startRuns() error {
 		return err
 	}
 	a.engine = reimage.New(a.st, lab{a}, powerAdapter{a}, reporter{a}, a.opts.Runs, nil, a.log)
+	a.jobs, err = seatjob.New(context.Background(), seatjob.Config{Store: a.st, Log: a.log, Addr: seatAddr, Env: a.jobEnv,
+		LogDir: filepath.Join(a.st.Dir(), "logs"), Changed: a.engine.Poke})
+	if err != nil {
+		return err
+	}
 	return nil
 }
 
@@ -443,7 +429,7 @@ func (a *App) serveRuns(ctx context.Context) {
 	}()
 	// The scheduler is restarted on config changes, to pick up the zone.
 	for {
-		changed := a.changes.wait()
+		changed := a.changes.Wait()
 		cfg, _ := a.Config(ctx)
 		sctx, stop := context.WithCancel(ctx)
 		sch := &schedule.Scheduler{Store: fireStore{a.st}, Clock: schedule.SystemClock{}, Loc: cfg.location(), Log: a.log}
@@ -452,7 +438,7 @@ func (a *App) serveRuns(ctx context.Context) {
 			defer close(done)
 			err := sch.Run(sctx, a.Schedules, a.engine.StartFire, func(ctx context.Context, m schedule.Missed) {
 				a.st.Update(ctx, func(tx *store.Tx) error {
-					return addEvent(tx, Event{Kind: "schedule-missed", Message: fmt.Sprintf("%+v", m)})
+					return history.Add(tx, history.Event{Kind: "schedule-missed", Message: fmt.Sprintf("%+v", m)})
 				})
 			})
 			if err != nil && sctx.Err() == nil {

@@ -15,10 +15,10 @@ import (
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/clonezilla"
+	"github.com/pumi-lab/pumi/internal/hostnet"
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/reimage"
 	"github.com/pumi-lab/pumi/internal/schedule"
-	"github.com/pumi-lab/pumi/internal/store"
 	"github.com/pumi-lab/pumi/internal/web"
 )
 
@@ -75,7 +75,7 @@ func (b webBackend) SetSettings(ctx context.Context, s web.Settings) error {
 	if err != nil {
 		return err
 	}
-	cfg.Network = NetworkSettings{Mode: s.Network.Mode, Address: s.Network.Address, Gateway: s.Network.Gateway, DNS: s.Network.DNS}
+	cfg.Network = hostnet.NetworkSettings{Mode: s.Network.Mode, Address: s.Network.Address, Gateway: s.Network.Gateway, DNS: s.Network.DNS}
 	cfg.Netboot.Mode, cfg.Netboot.Interface, cfg.Netboot.Subnet = s.Netboot.Mode, s.Netboot.Interface, s.Netboot.Subnet
 	cfg.Netboot.RangeStart, cfg.Netboot.RangeEnd, cfg.Netboot.Router = s.Netboot.RangeStart, s.Netboot.RangeEnd, s.Netboot.Router
 	cfg.Repository = s.Repository
@@ -125,14 +125,12 @@ func (b webBackend) Discover(ctx context.Context, ifname string, prefix netip.Pr
 }
 
 func (b webBackend) Seen(ctx context.Context) ([]web.SeenMAC, error) {
+	seen, err := b.a.seen.List(ctx)
 	var out []web.SeenMAC
-	err := b.a.st.View(ctx, func(tx *store.Tx) error {
-		return seenBucket.ForEach(tx, func(_ string, s Seen) error {
-			ip, _ := netip.ParseAddr(s.IP)
-			out = append(out, web.SeenMAC{MAC: s.MAC, IP: ip, Arch: s.Firmware, Last: s.Last, Count: s.Count, Known: s.Known})
-			return nil
-		})
-	})
+	for _, s := range seen {
+		ip, _ := netip.ParseAddr(s.IP)
+		out = append(out, web.SeenMAC{MAC: s.MAC, IP: ip, Arch: s.Firmware, Last: s.Last, Count: s.Count, Known: s.Known})
+	}
 	return out, err
 }
 

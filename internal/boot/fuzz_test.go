@@ -86,7 +86,7 @@ func FuzzParseStatic(f *testing.F) {
 			return
 		}
 		for _, m := range s.MACs() {
-			d, err := s.Decide(t.Context(), m)
+			d, err := s.Decide(t.Context(), Machine{MAC: m})
 			if err != nil {
 				t.Fatal(err)
 			}

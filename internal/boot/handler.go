@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strings"
 	"time"
@@ -65,7 +66,7 @@ func Handler(d Decider, log *slog.Logger) http.Handler {
 		// Decisions change from one boot to the next; no cache may keep one.
 		w.Header().Set("Cache-Control", "no-store")
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		dec, err := d.Decide(r.Context(), mac)
+		dec, err := d.Decide(r.Context(), Machine{MAC: mac, Addr: RemoteAddr(r.RemoteAddr)})
 		if err != nil {
 			log.Error("boot decision failed; the seat will boot its local disk", "mac", mac.String(), "remote", r.RemoteAddr, "err", err)
 			w.WriteHeader(http.StatusInternalServerError)
@@ -82,6 +83,16 @@ func Handler(d Decider, log *slog.Logger) http.Handler {
 		log.Info("boot script served", "mac", mac.String(), "action", dec.Action.String(), "kernel", dec.Kernel, "reason", dec.Reason, "remote", r.RemoteAddr)
 		http.ServeContent(w, r, "", time.Time{}, strings.NewReader(script))
 	})
+}
+
+// RemoteAddr is the IP of an http.Request's RemoteAddr ("ip:port"), with
+// IPv4-mapped IPv6 unmapped; invalid if it cannot be parsed.
+func RemoteAddr(hostport string) netip.Addr {
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
 }
 
 // Files serves the regular files below dir (kernels, initrds, squashfs) by

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,10 +15,10 @@ import (
 	"github.com/pumi-lab/pumi/assets"
 )
 
-type deciderFunc func(ctx context.Context, mac net.HardwareAddr) (Decision, error)
+type deciderFunc func(ctx context.Context, m Machine) (Decision, error)
 
-func (f deciderFunc) Decide(ctx context.Context, mac net.HardwareAddr) (Decision, error) {
-	return f(ctx, mac)
+func (f deciderFunc) Decide(ctx context.Context, m Machine) (Decision, error) {
+	return f(ctx, m)
 }
 
 func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
@@ -46,9 +45,9 @@ func body(t *testing.T, r *http.Response) string {
 
 func TestHandler(t *testing.T) {
 	var asked []string
-	d := deciderFunc(func(_ context.Context, mac net.HardwareAddr) (Decision, error) {
-		asked = append(asked, mac.String())
-		switch mac.String() {
+	d := deciderFunc(func(_ context.Context, m Machine) (Decision, error) {
+		asked = append(asked, m.MAC.String())
+		switch m.MAC.String() {
 		case "52:54:00:00:00:01":
 			return Decision{Action: Linux, Kernel: "http://10.0.0.1/files/vmlinuz", Cmdline: "quiet", Reason: "test"}, nil
 		case "52:54:00:00:00:02":
@@ -147,7 +146,7 @@ func TestFiles(t *testing.T) {
 	if err := os.Symlink("vmlinuz", filepath.Join(dir, "inside-link")); err != nil {
 		t.Fatal(err)
 	}
-	mux, err := NewMux(deciderFunc(func(context.Context, net.HardwareAddr) (Decision, error) { return Decision{}, nil }), dir, quietLog())
+	mux, err := NewMux(deciderFunc(func(context.Context, Machine) (Decision, error) { return Decision{}, nil }), dir, quietLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"path"
 	"strings"
@@ -53,11 +54,24 @@ type Decision struct {
 	Reason  string   // why pumi decided this; shown on the seat's screen and in logs
 }
 
-// Decider decides per MAC what a seat boots (like pixiecore's Booter). The
-// appliance implements it from its state; StaticDecider implements it from a
-// JSON file for pumi-netboot.
+// Machine is who asks for a boot decision: the MAC named in the request and
+// the address the request arrived from (the transport's source address, which
+// the kernel reports, not a field the client wrote into the request).
+type Machine struct {
+	MAC  net.HardwareAddr
+	Addr netip.Addr // invalid when unknown (tests, non-IP callers)
+}
+
+// Decider decides per machine what a seat boots (like pixiecore's Booter).
+// The boot script handler calls it once per script request, so it runs on
+// every network boot of every PC on the lab network, known or not, and on
+// every curl a visitor types: a Decider must answer an untrusted caller with
+// a harmless decision (Exit) and must not change state for it. An error means
+// "no decision now" (state unreadable); the handler then sends the seat to
+// its local disk. The appliance implements it in internal/seatjob;
+// StaticDecider implements it from a JSON file for pumi-netboot.
 type Decider interface {
-	Decide(ctx context.Context, mac net.HardwareAddr) (Decision, error)
+	Decide(ctx context.Context, m Machine) (Decision, error)
 }
 
 // ScriptURL is the URL iPXE is sent to (by DHCP) to fetch mac's script.

@@ -100,8 +100,8 @@ func ParseStatic(b []byte) (*StaticDecider, error) {
 }
 
 // Decide implements Decider.
-func (s *StaticDecider) Decide(_ context.Context, mac net.HardwareAddr) (Decision, error) {
-	d, ok := s.table[mac.String()]
+func (s *StaticDecider) Decide(_ context.Context, m Machine) (Decision, error) {
+	d, ok := s.table[m.MAC.String()]
 	if !ok {
 		return Decision{Action: Exit, Reason: "unknown MAC"}, nil
 	}

@@ -27,19 +27,19 @@ func TestStatic(t *testing.T) {
 	ctx := context.Background()
 	mac := func(s string) net.HardwareAddr { m, _ := net.ParseMAC(s); return m }
 
-	d, _ := s.Decide(ctx, mac("52:54:00:12:34:56"))
+	d, _ := s.Decide(ctx, Machine{MAC: mac("52:54:00:12:34:56")})
 	if d.Action != Exit || d.Reason != "static config: local" {
 		t.Errorf("local: %+v", d)
 	}
-	d, _ = s.Decide(ctx, mac("52:54:00:12:34:57"))
+	d, _ = s.Decide(ctx, Machine{MAC: mac("52:54:00:12:34:57")})
 	if d.Action != Linux || d.Kernel != "http://10.0.0.1:8080/files/vmlinuz" || len(d.Initrds) != 1 || d.Cmdline != "console=ttyS0,115200 quiet" {
 		t.Errorf("linux: %+v", d)
 	}
 	d.Initrds[0] = "changed"
-	if d2, _ := s.Decide(ctx, mac("52:54:00:12:34:57")); d2.Initrds[0] == "changed" {
+	if d2, _ := s.Decide(ctx, Machine{MAC: mac("52:54:00:12:34:57")}); d2.Initrds[0] == "changed" {
 		t.Error("Decide returned the table's own slice")
 	}
-	d, _ = s.Decide(ctx, mac("52:54:00:12:34:58"))
+	d, _ = s.Decide(ctx, Machine{MAC: mac("52:54:00:12:34:58")})
 	if d.Action != Exit || d.Reason != "unknown MAC" {
 		t.Errorf("unknown: %+v", d)
 	}

@@ -247,7 +247,11 @@ func render(c Common, mode, ocsOpts, verb string) (string, error) {
 	// The log is what pumi shows when a restore fails; ocs-live-run-menu does
 	// not pass ocs-sr's exit status to postruns, so the verdict comes from
 	// the log, the ocs_server line (success only) and SSH verification.
-	finished := fmt.Sprintf("wget -q -T 20 -t 3 -O /dev/null --post-file=/var/log/clonezilla.log '%sfinished'||true", report)
+	// The report is retried for about three minutes while pumi does not
+	// answer (it may be restarting: `gok update` takes 25-51 s), so a restore
+	// that ended while pumi was down is not lost and redone: the seat waits
+	// before its reboot. A refusal (4xx) is final at once.
+	finished := fmt.Sprintf("wget -q -T 20 -t 40 --waitretry=5 --retry-connrefused -O /dev/null --post-file=/var/log/clonezilla.log '%sfinished'||true", report)
 
 	post := "reboot"
 	if c.PowerOff {

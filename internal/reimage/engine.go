@@ -13,6 +13,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/store"
 )
 
@@ -54,6 +55,11 @@ func New(st *store.Store, lab Lab, pw Power, rep Reporter, cfg Config, clock sch
 	return &Engine{st: st, lab: lab, pw: pw, rep: rep, clock: clock, cfg: cfg.withDefaults(),
 		log: log.With("pkg", "reimage"), poke: make(chan struct{}, 1)}
 }
+
+// Poke makes the engine reconcile now; the appliance calls it on every seat
+// job change (Clonezilla's reports, a network boot), so the engine follows a
+// seat within moments instead of at the next tick. It never blocks.
+func (e *Engine) Poke() { e.wake() }
 
 func (e *Engine) wake() {
 	select {
@@ -100,7 +106,7 @@ func (e *Engine) start(ctx context.Context, id, schedID, name string, act schedu
 	if act.Kind == schedule.Capture {
 		target = schedule.Target{Seats: []string{act.SourceSeat}}
 	}
-	seats, err := e.lab.Seats(ctx, target)
+	seats, err := e.lab.Seats(ctx, target, act.Image)
 	if err != nil {
 		return Run{}, fmt.Errorf("run %s: resolving its seats: %w", id, err)
 	}
@@ -460,7 +466,7 @@ func (e *Engine) step(ctx context.Context, id string) error {
 }
 
 // plan makes the transitions that depend only on the run and the clock.
-func (e *Engine) plan(_ *store.Tx, r *Run, now time.Time) ([]Event, error) {
+func (e *Engine) plan(tx *store.Tx, r *Run, now time.Time) ([]Event, error) {
 	if r.State != RunOpen {
 		return nil, nil
 	}
@@ -479,6 +485,12 @@ func (e *Engine) plan(_ *store.Tx, r *Run, now time.Time) ([]Event, error) {
 			reason := closing
 			if s.State == Failed && s.Reason != "" {
 				reason = s.Reason + "; then " + closing
+			}
+			if s.State == Restoring {
+				// The job is ended, not cut: Clonezilla keeps its NFS access
+				// and finishes (seatjob.Jobs.Cancel); until then the disk is
+				// half-written, and the admin must know.
+				reason += " while Clonezilla was writing the disk (left to finish; the disk may be half-written)"
 			}
 			evs = append(evs, r.fail(i, now, reason, true))
 			continue
@@ -517,7 +529,17 @@ func (e *Engine) plan(_ *store.Tx, r *Run, now time.Time) ([]Event, error) {
 			}
 		}
 	}
-	evs = append(evs, e.startPending(r, now)...)
+	started, evs2 := e.startPending(r, now)
+	evs = append(evs, evs2...)
+	if r.Action == schedule.Restore {
+		// A restore handed out makes the disk half-written until it is
+		// verified again: an "only unverified" run must not skip it.
+		for _, mac := range started {
+			if err := verifiedB.Delete(tx, mac); err != nil {
+				return nil, err
+			}
+		}
+	}
 	if r.allSettled() {
 		r.State, r.Finished = RunFinished, now
 		evs = append(evs, Event{Cause: "run finished: " + r.summary()})
@@ -525,9 +547,9 @@ func (e *Engine) plan(_ *store.Tx, r *Run, now time.Time) ([]Event, error) {
 	return evs, nil
 }
 
-// startPending moves pending seats on, within MaxRestoring and WakeGap.
-func (e *Engine) startPending(r *Run, now time.Time) []Event {
-	var evs []Event
+// startPending moves pending seats on, within MaxRestoring and WakeGap; it
+// returns the MACs it powered.
+func (e *Engine) startPending(r *Run, now time.Time) (started []string, evs []Event) {
 	active := 0
 	for _, s := range r.Seats {
 		if s.State.active() {
@@ -561,9 +583,10 @@ func (e *Engine) startPending(r *Run, now time.Time) []Event {
 		}
 		r.LastStart = now
 		active++
+		started = append(started, s.Seat.MAC)
 		evs = append(evs, r.set(i, Powering, now, fmt.Sprintf("attempt %d: powering", s.Attempts)))
 	}
-	return evs
+	return started, evs
 }
 
 func (r *Run) cancelsPending() bool {
@@ -738,7 +761,13 @@ func (e *Engine) powerOn(r Run, s SeatRun) func(context.Context) applyFn {
 			return done("shut down over SSH", Done)
 		}
 		job := Job{Key: s.JobKey, RunID: r.ID, Seat: s.Seat, Action: r.Action, Image: r.Image}
-		if err := e.lab.StartJob(ctx, job); err != nil {
+		if err := e.lab.StartJob(ctx, job); errors.Is(err, seatjob.ErrNoAddress) || errors.Is(err, seatjob.ErrUnknownSeat) {
+			// No retry helps: pumi would not know the seat's traffic from a
+			// visitor's until the admin records its address.
+			return func(_ *store.Tx, r *Run, now time.Time) ([]Event, error) {
+				return []Event{r.fail(seatIndex(r, mac), now, "not restorable: "+err.Error(), true)}, nil
+			}
+		} else if err != nil {
 			// Not a seat failure: the appliance could not record the job
 			// (e.g. its state file is busy). Tried again next tick until
 			// PowerTimeout.
@@ -767,7 +796,7 @@ func (e *Engine) pollJob(r Run, s SeatRun) func(context.Context) applyFn {
 	return func(ctx context.Context) applyFn {
 		mac := s.Seat.MAC
 		js, err := e.lab.JobState(ctx, mac, s.JobKey)
-		if errors.Is(err, ErrNoJob) {
+		if errors.Is(err, seatjob.ErrNoJob) {
 			return func(_ *store.Tx, r *Run, now time.Time) ([]Event, error) {
 				i := seatIndex(r, mac)
 				return []Event{r.fail(i, now, "its job "+s.JobKey+" was removed on the appliance", false)}, nil
@@ -779,18 +808,18 @@ func (e *Engine) pollJob(r Run, s SeatRun) func(context.Context) applyFn {
 		}
 		var next SeatState
 		switch js.State {
-		case JobPending:
+		case seatjob.Pending:
 			return nil
-		case JobBooted:
+		case seatjob.Booted:
 			next = Netbooting
-		case JobRunning:
+		case seatjob.Running:
 			next = Restoring
-		case JobDone:
+		case seatjob.Done:
 			next = Rebooting
 			if r.Action == schedule.Capture {
 				next = Done
 			}
-		case JobFailed:
+		case seatjob.Failed:
 			next = Failed
 		default:
 			e.log.Warn("unknown job state", "mac", mac, "state", js.State)

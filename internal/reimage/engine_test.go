@@ -10,6 +10,7 @@ import (
 
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/store"
 )
 
@@ -119,18 +120,18 @@ func TestRestoreWalk(t *testing.T) {
 		t.Fatalf("reboots %v starts %v", r.pw.reboots, r.lab.starts)
 	}
 	for _, s := range r.lab.seats {
-		r.lab.setJob(s.MAC, JobBooted, 1)
+		r.lab.setJob(s.MAC, seatjob.Booted, 1)
 	}
 	r.advance(time.Second)
 	for _, s := range r.lab.seats {
-		r.lab.setJob(s.MAC, JobRunning, 1)
+		r.lab.setJob(s.MAC, seatjob.Running, 1)
 	}
 	r.advance(time.Second)
 	if got := r.states(id); got[2] != Restoring {
 		t.Fatalf("restoring expected: %v", got)
 	}
 	for _, s := range r.lab.seats {
-		r.lab.setJob(s.MAC, JobDone, 1)
+		r.lab.setJob(s.MAC, seatjob.Done, 1)
 	}
 	r.advance(time.Second)
 	if got := r.states(id); got[0] != Rebooting {
@@ -192,7 +193,7 @@ func TestRestoringLimitAndStagger(t *testing.T) {
 		t.Fatalf("starts %s apart, want >= %s", d, cfg.WakeGap)
 	}
 	// One finishes restoring: a slot frees, the next seat starts.
-	r.lab.setJob(r.lab.seats[0].MAC, JobDone, 1)
+	r.lab.setJob(r.lab.seats[0].MAC, seatjob.Done, 1)
 	r.advance(time.Second)
 	r.advance(time.Second)
 	if got := r.states(id); got[0] != Rebooting || got[2] != Powering || got[3] != Pending {
@@ -224,7 +225,7 @@ func TestRetriesWithinLimit(t *testing.T) {
 		if j.Key != JobKey(id, attempt) {
 			t.Fatalf("attempt %d job %q", attempt, j.Key)
 		}
-		r.lab.setJob(mac, JobDone, 1)
+		r.lab.setJob(mac, seatjob.Done, 1)
 		r.advance(time.Second)
 		r.advance(fastCfg.RebootDelay)
 		s := r.run(id).Seats[0]
@@ -247,14 +248,14 @@ func TestStateTimeouts(t *testing.T) {
 	cfg := fastCfg
 	cfg.MaxAttempts = 1
 	for _, tc := range []struct {
-		job   string
+		job   seatjob.State
 		after time.Duration
 		want  string
 	}{
 		{"", cfg.PowerTimeout, "did not network-boot within 5m0s"},
-		{JobBooted, cfg.NetbootTimeout, "Clonezilla did not start within 5m0s"},
-		{JobRunning, cfg.RestoreTimeout, "restore did not finish within 30m0s"},
-		{JobFailed, time.Second, "Clonezilla: ocs-sr exited 1"},
+		{seatjob.Booted, cfg.NetbootTimeout, "Clonezilla did not start within 5m0s"},
+		{seatjob.Running, cfg.RestoreTimeout, "restore did not finish within 30m0s"},
+		{seatjob.Failed, time.Second, "Clonezilla: ocs-sr exited 1"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			r := newRig(t, 1, cfg)
@@ -266,7 +267,7 @@ func TestStateTimeouts(t *testing.T) {
 				r.advance(time.Second)
 			}
 			r.advance(tc.after - time.Second - 1)
-			if s := r.run(id).Seats[0]; s.State == Failed && tc.job != JobFailed {
+			if s := r.run(id).Seats[0]; s.State == Failed && tc.job != seatjob.Failed {
 				t.Fatalf("failed early: %+v", s)
 			}
 			r.advance(2 * time.Second)
@@ -274,7 +275,7 @@ func TestStateTimeouts(t *testing.T) {
 			if s.State != Failed || s.Reason != tc.want || !s.Final {
 				t.Fatalf("got %+v", s)
 			}
-			if tc.job != JobFailed && !r.lab.job(mac).cancelled {
+			if tc.job != seatjob.Failed && !r.lab.job(mac).cancelled {
 				t.Fatal("timed-out job not cancelled")
 			}
 		})
@@ -465,17 +466,17 @@ func TestRestartContinues(t *testing.T) {
 	}
 	// Seat 0 was powered off mid-restore and network-boots again.
 	m0, m1 := r.lab.seats[0].MAC, r.lab.seats[1].MAC
-	r.lab.setJob(m0, JobRunning, 1)
-	r.lab.setJob(m1, JobDone, 1)
+	r.lab.setJob(m0, seatjob.Running, 1)
+	r.lab.setJob(m1, seatjob.Done, 1)
 	r.advance(time.Second)
-	r.lab.setJob(m0, JobBooted, 2)
+	r.lab.setJob(m0, seatjob.Booted, 2)
 	r.open()
 	r.advance(time.Second)
 	s0 := r.run(id).Seats[0]
 	if s0.State != Netbooting || s0.Boots != 2 || s0.Attempts != 1 {
 		t.Fatalf("%+v", s0)
 	}
-	r.lab.setJob(m0, JobDone, 2)
+	r.lab.setJob(m0, seatjob.Done, 2)
 	r.rep.err = errors.New("outbox full")
 	r.advance(time.Second)
 	r.clock.Add(fastCfg.RebootDelay)
@@ -524,5 +525,108 @@ func TestSeatBusyInAnotherRunIsSkipped(t *testing.T) {
 	r.advance(time.Second)
 	if j := r.lab.job(r.lab.seats[0].MAC); j.Key != JobKey("first", 1) {
 		t.Fatalf("the second run replaced the first's job: %+v", j)
+	}
+}
+
+// TestPokeWakesTheEngine: a job change reaches the engine at once through
+// Poke (the appliance calls it from seatjob's Changed), with the tick an hour
+// away; only timeouts wait for ticks.
+func TestPokeWakesTheEngine(t *testing.T) {
+	cfg := fastCfg
+	cfg.Tick = time.Hour
+	r := newRig(t, 1, cfg)
+	id := r.start(schedule.Restore, "LAB-2026-img", 4*time.Hour)
+	ctx, cancel := context.WithCancel(r.ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.e.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitState := func(want SeatState) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		for r.states(id)[0] != want {
+			if time.Since(t0) > 5*time.Second {
+				t.Fatalf("seat still %v, want %v", r.states(id)[0], want)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return time.Since(t0)
+	}
+	waitState(Powering)
+	mac := r.lab.seats[0].MAC
+	for r.lab.job(mac) == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, step := range []struct {
+		job  seatjob.State
+		want SeatState
+	}{{seatjob.Booted, Netbooting}, {seatjob.Running, Restoring}, {seatjob.Done, Rebooting}} {
+		r.lab.setJob(mac, step.job, 1)
+		r.e.Poke()
+		if d := waitState(step.want); d > time.Second {
+			t.Errorf("%v reached the engine after %v, want within 1 s", step.job, d)
+		} else {
+			t.Logf("FIGURE job %s reached the engine in %v", step.job, d.Round(time.Millisecond))
+		}
+	}
+}
+
+// TestRestoreHandedOutClearsVerified: once a restore is handed to a seat its
+// disk is half-written until verified again, so an "only unverified" run
+// must not skip it on the strength of an older verification.
+func TestRestoreHandedOutClearsVerified(t *testing.T) {
+	r := newRig(t, 1, fastCfg)
+	mac := r.lab.seats[0].MAC
+	id := r.start(schedule.Verify, "LAB-2026-img", time.Hour)
+	r.tick()
+	if v, _ := r.e.LastVerified(r.ctx, mac); v.Image != "LAB-2026-img" || r.states(id)[0] != Verified {
+		t.Fatalf("setup: verified record %+v", v)
+	}
+	if _, err := r.e.Start(r.ctx, Request{ID: "r2", Action: schedule.Action{Kind: schedule.Restore, Image: "LAB-2026-img"},
+		Target: schedule.Target{Rooms: []string{"B"}}, Window: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	r.tick()
+	if got := r.states("r2")[0]; got != Powering {
+		t.Fatalf("restore seat: %v", got)
+	}
+	if v, _ := r.e.LastVerified(r.ctx, mac); v.Image != "" {
+		t.Fatalf("a seat handed a restore still counts as verified: %+v", v)
+	}
+	// The restore is cut (cancelled); the next "only unverified" run must
+	// restore the seat.
+	if err := r.e.Cancel(r.ctx, "r2", "test"); err != nil {
+		t.Fatal(err)
+	}
+	r.tick()
+	r3, err := r.e.Start(r.ctx, Request{ID: "r3", Action: schedule.Action{Kind: schedule.Restore, Image: "LAB-2026-img"},
+		Target: schedule.Target{Rooms: []string{"B"}}, Window: time.Hour, OnlyUnverified: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r3.Seats[0].State != Pending {
+		t.Fatalf("an only-unverified run did not take the half-written seat: %+v", r3.Seats[0])
+	}
+}
+
+// TestWindowClosingDuringRestoreSaysSo: the window closes while Clonezilla
+// writes the disk; the job is ended (left to finish, see seatjob) and the
+// seat's reason tells the admin the disk may be half-written.
+func TestWindowClosingDuringRestoreSaysSo(t *testing.T) {
+	r := newRig(t, 1, fastCfg)
+	id := r.start(schedule.Restore, "LAB-2026-img", 10*time.Minute)
+	r.tick()
+	mac := r.lab.seats[0].MAC
+	r.lab.setJob(mac, seatjob.Running, 1)
+	r.advance(time.Second)
+	if got := r.states(id)[0]; got != Restoring {
+		t.Fatalf("setup: %v", got)
+	}
+	r.advance(10 * time.Minute)
+	s := r.run(id).Seats[0]
+	if s.State != Failed || !strings.Contains(s.Reason, "window closed") || !strings.Contains(s.Reason, "half-written") {
+		t.Fatalf("seat after the window: %v %q", s.State, s.Reason)
+	}
+	if !r.lab.job(mac).cancelled {
+		t.Fatal("the job was not ended")
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 )
 
 // Fakes for the state machine's unit tests. The integration tests use real
@@ -61,7 +62,7 @@ func newFakeLab(n int) *fakeLab {
 	return l
 }
 
-func (l *fakeLab) Seats(_ context.Context, t schedule.Target) ([]Seat, error) {
+func (l *fakeLab) Seats(_ context.Context, t schedule.Target, _ string) ([]Seat, error) {
 	if l.seatsErrs != nil {
 		return nil, l.seatsErrs
 	}
@@ -84,7 +85,7 @@ func (l *fakeLab) StartJob(_ context.Context, j Job) error {
 	if old := l.jobs[j.Seat.MAC]; old != nil && old.Key == j.Key {
 		return nil // idempotent, as the contract asks
 	}
-	l.jobs[j.Seat.MAC] = &fakeJob{Job: j, JobState: JobState{State: JobPending}}
+	l.jobs[j.Seat.MAC] = &fakeJob{Job: j, JobState: JobState{State: seatjob.Pending}}
 	return nil
 }
 
@@ -93,7 +94,7 @@ func (l *fakeLab) JobState(_ context.Context, mac, key string) (JobState, error)
 	defer l.mu.Unlock()
 	j := l.jobs[mac]
 	if j == nil || j.Key != key || j.cancelled {
-		return JobState{}, ErrNoJob
+		return JobState{}, seatjob.ErrNoJob
 	}
 	return j.JobState, nil
 }
@@ -109,7 +110,7 @@ func (l *fakeLab) CancelJob(_ context.Context, mac, key string) error {
 }
 
 // setJob moves a seat's current job, like Clonezilla's reports would.
-func (l *fakeLab) setJob(mac, state string, boots int) {
+func (l *fakeLab) setJob(mac string, state seatjob.State, boots int) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	j := l.jobs[mac]
@@ -117,7 +118,7 @@ func (l *fakeLab) setJob(mac, state string, boots int) {
 		panic("no job for " + mac)
 	}
 	j.State, j.Boots = state, boots
-	if state == JobFailed {
+	if state == seatjob.Failed {
 		j.Reason = "ocs-sr exited 1"
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/store"
 
 	"github.com/pumi-lab/pumi/internal/testnet"
@@ -153,20 +154,20 @@ func (w *world) netboot(s *wSeat, gen int) {
 		return
 	}
 	j := w.jobs[s.MAC]
-	if j == nil || !active(j.State) {
+	if j == nil || !j.State.Active() {
 		s.on, s.booting = true, false // boots its disk
 		return
 	}
-	j.State, j.Boots = JobBooted, j.Boots+1
+	j.State, j.Boots = seatjob.Booted, j.Boots+1
 	key := j.Key
 	w.after(w.jitter(10, 40), func() {
 		if s.gen != gen || w.jobs[s.MAC] == nil || w.jobs[s.MAC].Key != key {
 			return
 		}
-		w.jobs[s.MAC].State = JobRunning
+		w.jobs[s.MAC].State = seatjob.Running
 		w.after(w.jitter(30, 150), func() {
 			j := w.jobs[s.MAC]
-			if s.gen != gen || j == nil || j.Key != key || j.State != JobRunning {
+			if s.gen != gen || j == nil || j.Key != key || j.State != seatjob.Running {
 				return
 			}
 			if j.Boots < 3 && w.rng.IntN(4) == 0 {
@@ -179,7 +180,7 @@ func (w *world) netboot(s *wSeat, gen int) {
 			if !s.wrongImage {
 				s.sig = power.WantedSignature(j.Image)
 			}
-			j.State = JobDone
+			j.State = seatjob.Done
 			w.powerCycle(s) // Clonezilla reboots; the next script is exit
 		})
 	})
@@ -211,7 +212,7 @@ func (w *world) handle(req rpc) rpcReply {
 		if j := w.jobs[s.MAC]; j != nil && j.Key == req.Job.Key {
 			return rpcReply{}
 		}
-		w.jobs[s.MAC] = &labJob{Key: req.Job.Key, Image: req.Job.Image, State: JobPending}
+		w.jobs[s.MAC] = &labJob{Key: req.Job.Key, Image: req.Job.Image, State: seatjob.Pending}
 	case "jobstate":
 		j := w.jobs[s.MAC]
 		if j == nil || j.Key != req.Key {
@@ -288,7 +289,7 @@ func (c worldClient) powerErr(op string, rep rpcReply, err error) error {
 	return &power.Error{Op: op, Addr: "sim", Kind: kinds[rep.Kind], Detail: rep.Detail}
 }
 
-func (c worldClient) Seats(ctx context.Context, t schedule.Target) ([]Seat, error) {
+func (c worldClient) Seats(ctx context.Context, t schedule.Target, _ string) ([]Seat, error) {
 	rep, err := c.call(ctx, rpc{Op: "seats", Tgt: t})
 	return rep.Seats, err
 }
@@ -301,7 +302,7 @@ func (c worldClient) StartJob(ctx context.Context, j Job) error {
 func (c worldClient) JobState(ctx context.Context, mac, key string) (JobState, error) {
 	rep, err := c.call(ctx, rpc{Op: "jobstate", Seat: Seat{MAC: mac}, Key: key})
 	if err == nil && rep.NoJob {
-		return JobState{}, ErrNoJob
+		return JobState{}, seatjob.ErrNoJob
 	}
 	return rep.State, err
 }

@@ -27,12 +27,12 @@ package reimage
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 )
 
 // SeatState is where a seat is in its walk through a run.
@@ -63,26 +63,23 @@ func (s SeatState) active() bool {
 	return s == Powering || s == Netbooting || s == Restoring
 }
 
-// Job states as the appliance reports them for a seat's assignment; they
-// are the appliance's Assignment states.
-const (
-	JobPending = "pending"
-	JobBooted  = "booted"
-	JobRunning = "running"
-	JobDone    = "done"
-	JobFailed  = "failed"
-)
-
-// ErrNoJob is what Lab.JobState returns when the seat has no job with that
-// key (never created, superseded by another run, or cancelled).
-var ErrNoJob = errors.New("no such job")
-
-// Seat is one lab PC as the inventory knows it.
+// Seat is one lab PC as the inventory knows it, with what power and
+// verification need, resolved once when the run is created so that a seat's
+// walk never goes back to the inventory or the config.
 type Seat struct {
 	ID   string `json:"id"`
 	Room string `json:"room,omitempty"`
 	MAC  string `json:"mac"`  // canonical form; the key of everything per seat
 	Addr string `json:"addr"` // SSH host or host:port
+	// Login is how pumi logs into the seat over SSH (reboot, verify).
+	Login Login `json:"login,omitzero"`
+}
+
+// Login is an SSH login: a user and the name of the secret holding its
+// password ("" = pumi's own key). The password itself never enters a run.
+type Login struct {
+	User   string `json:"user,omitempty"`
+	Secret string `json:"secret,omitempty"`
 }
 
 // Job is what the engine asks the appliance to do on a seat's next network
@@ -104,29 +101,35 @@ func JobKey(runID string, attempt int) string { return fmt.Sprintf("%s#%d", runI
 
 // JobState is the appliance's view of a job.
 type JobState struct {
-	State   string    // JobPending ... JobFailed
+	State   seatjob.State
 	Reason  string    // why it failed
 	Boots   int       // network boots into Clonezilla for this job
 	Bytes   int64     // bytes restored or captured, if known
 	Updated time.Time // last change
 }
 
-// Lab is the appliance side of runs: its inventory and its boot assignments.
+// Lab is the appliance side of runs: its inventory and the seats' jobs
+// (internal/seatjob). The engine calls it from its reconciler, at most once
+// per seat and tick, and again after a crash: every method is idempotent.
 type Lab interface {
-	// Seats resolves a target to inventory seats. Unknown names are an error.
-	Seats(ctx context.Context, t schedule.Target) ([]Seat, error)
-	// StartJob gives the seat job for its next network boots (the appliance's
-	// Assign). Idempotent on (job.Key, MAC); a new key replaces an older job.
+	// Seats resolves a target to inventory seats, with the SSH login for a
+	// run of image ("" for wake/shutdown). Unknown names are an error.
+	Seats(ctx context.Context, t schedule.Target, image string) ([]Seat, error)
+	// StartJob gives the seat job for its next network boots. Idempotent on
+	// (job.Key, MAC); a new key replaces an older job. An error that wraps
+	// seatjob.ErrNoAddress or seatjob.ErrUnknownSeat fails the seat at once.
 	StartJob(ctx context.Context, job Job) error
-	// JobState reports the seat's job if its key is key, else ErrNoJob.
+	// JobState reports the seat's job if its key is key, else
+	// seatjob.ErrNoJob.
 	JobState(ctx context.Context, mac, key string) (JobState, error)
 	// CancelJob ends the seat's job if its key is key (the seat then boots
-	// its disk); no job or another key is not an error.
+	// its disk); no job or another key is not an error. A job whose
+	// Clonezilla is writing the disk is left to finish, never cut.
 	CancelJob(ctx context.Context, mac, key string) error
 }
 
-// Power reaches seats. The appliance implements it with internal/power:
-// credentials per room or image, host keys pinned per image. Errors should
+// Power reaches seats. The appliance implements it with internal/power and
+// the seat's Login; host keys are pinned per image. Errors should
 // be (or wrap) *power.Error so that power.ErrUnreachable can be told apart.
 type Power interface {
 	// Reboot asks a running seat to reboot; running is the image it is

@@ -17,6 +17,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/testnet"
 	"github.com/pumi-lab/pumi/internal/testseat"
 )
@@ -36,20 +37,20 @@ type httpLab struct {
 }
 
 type labJob struct {
-	Key     string    `json:"key"`
-	Image   string    `json:"image"`
-	Token   string    `json:"token"`
-	State   string    `json:"state"`
-	Reason  string    `json:"reason,omitempty"`
-	Boots   int       `json:"boots"`
-	Updated time.Time `json:"updated"`
+	Key     string        `json:"key"`
+	Image   string        `json:"image"`
+	Token   string        `json:"token"`
+	State   seatjob.State `json:"state"`
+	Reason  string        `json:"reason,omitempty"`
+	Boots   int           `json:"boots"`
+	Updated time.Time     `json:"updated"`
 }
 
 func newHTTPLab(seats []Seat) *httpLab {
 	return &httpLab{seats: seats, jobs: map[string]*labJob{}, now: time.Now}
 }
 
-func (l *httpLab) Seats(_ context.Context, t schedule.Target) ([]Seat, error) {
+func (l *httpLab) Seats(_ context.Context, t schedule.Target, _ string) ([]Seat, error) {
 	var out []Seat
 	for _, s := range l.seats {
 		if slices.Contains(t.Rooms, s.Room) || slices.Contains(t.Seats, s.ID) {
@@ -67,7 +68,7 @@ func (l *httpLab) StartJob(_ context.Context, j Job) error {
 	}
 	b := make([]byte, 8)
 	rand.Read(b)
-	l.jobs[j.Seat.MAC] = &labJob{Key: j.Key, Image: j.Image, Token: hex.EncodeToString(b), State: JobPending, Updated: l.now()}
+	l.jobs[j.Seat.MAC] = &labJob{Key: j.Key, Image: j.Image, Token: hex.EncodeToString(b), State: seatjob.Pending, Updated: l.now()}
 	return nil
 }
 
@@ -76,7 +77,7 @@ func (l *httpLab) JobState(_ context.Context, mac, key string) (JobState, error)
 	defer l.mu.Unlock()
 	j := l.jobs[mac]
 	if j == nil || j.Key != key {
-		return JobState{}, ErrNoJob
+		return JobState{}, seatjob.ErrNoJob
 	}
 	return JobState{State: j.State, Reason: j.Reason, Boots: j.Boots, Updated: j.Updated}, nil
 }
@@ -90,10 +91,6 @@ func (l *httpLab) CancelJob(_ context.Context, mac, key string) error {
 	return nil
 }
 
-func active(state string) bool {
-	return state == JobPending || state == JobBooted || state == JobRunning
-}
-
 func (l *httpLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -101,11 +98,11 @@ func (l *httpLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case strings.HasPrefix(r.URL.Path, "/boot/") && strings.HasSuffix(r.URL.Path, ".ipxe"):
 		mac := strings.ReplaceAll(strings.TrimSuffix(strings.TrimPrefix(r.URL.Path, "/boot/"), ".ipxe"), "-", ":")
 		j := l.jobs[mac]
-		if j == nil || !active(j.State) {
+		if j == nil || !j.State.Active() {
 			fmt.Fprint(w, "#!ipxe\nexit 1\n")
 			return
 		}
-		j.State, j.Boots, j.Updated = JobBooted, j.Boots+1, l.now()
+		j.State, j.Boots, j.Updated = seatjob.Booted, j.Boots+1, l.now()
 		fmt.Fprintf(w, "#!ipxe\nkernel http://pumi/live/vmlinuz boot=live ocs_live_run=\"ocs-sr -batch restoredisk %s sda\" pumi_token=%s pumi_image=%s\nboot\n",
 			j.Image, j.Token, j.Image)
 	case strings.HasPrefix(r.URL.Path, "/report/"):
@@ -116,9 +113,9 @@ func (l *httpLab) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			http.Error(w, "unknown job or token", http.StatusForbidden)
 			return
 		}
-		switch st := q.Get("state"); st {
-		case JobRunning, JobDone, JobFailed:
-			if !active(j.State) {
+		switch st := seatjob.State(q.Get("state")); st {
+		case seatjob.Running, seatjob.Done, seatjob.Failed:
+			if !j.State.Active() {
 				http.Error(w, "job already finished", http.StatusConflict)
 				return
 			}

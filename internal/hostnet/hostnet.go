@@ -1,6 +1,4 @@
-package appliance
-
-// The appliance's own address on gokrazy. gokrazy's DHCP client
+// Package hostnet manages the appliance's own address on gokrazy. gokrazy's DHCP client
 // (/gokrazy/dhcp) only takes a static address as a command-line flag baked
 // into the image, but the admin sets it on the setup page (Config.Network),
 // which can change at any time. So the image has gokrazy not start its dhcp
@@ -9,6 +7,7 @@ package appliance
 // and runs it again when they change.
 // Off unless -manage-network is given: a development machine's network is
 // never touched.
+package hostnet
 
 import (
 	"bufio"
@@ -63,18 +62,18 @@ func ParseManageNetwork(s string) (def NetworkSettings, on bool, err error) {
 	if def.Mode == "" {
 		def.Mode = "dhcp"
 	}
-	if _, err := dhcpArgs(def); err != nil {
+	if _, err := DHCPArgs(def); err != nil {
 		return NetworkSettings{}, false, fmt.Errorf("-manage-network: %w", err)
 	}
 	return def, true, nil
 }
 
-// dhcpArgs are the flags gokrazy's dhcp needs for n: none for the DHCP
+// DHCPArgs are the flags gokrazy's dhcp needs for n: none for the DHCP
 // client, -static_network_config with an rtr7/dhcp4 Lease for a static
 // address. It refuses what dhcp would fail on at every start (leaving the
 // box with no address at all), and what Config.Validate lets through but
 // cannot work, such as a gateway outside the subnet.
-func dhcpArgs(n NetworkSettings) ([]string, error) {
+func DHCPArgs(n NetworkSettings) ([]string, error) {
 	switch n.Mode {
 	case "", "dhcp":
 		return nil, nil
@@ -144,34 +143,39 @@ type hostNet struct {
 	log     *slog.Logger
 }
 
-// superviseHostNetwork applies the appliance's own network settings when
-// -manage-network is given (see hostNet), until ctx ends.
-func (a *App) superviseHostNetwork(ctx context.Context) {
-	h := newHostNet(a.opts.ManageNetwork, a.log, func(ctx context.Context) (NetworkSettings, <-chan struct{}, error) {
-		changed := a.changes.wait()
-		cfg, err := a.Config(ctx)
-		return cfg.Network, changed, err
-	})
-	if h != nil {
+// Settings returns the stored network settings and a channel closed when
+// they change; the supervisor calls it once at start and after each change.
+type Settings func(ctx context.Context) (NetworkSettings, <-chan struct{}, error)
+
+// Supervise applies the appliance's own network settings when manage (the
+// -manage-network flag) is set, until ctx ends; with manage "" it returns at
+// once and touches nothing.
+func Supervise(ctx context.Context, manage string, log *slog.Logger, settings Settings) {
+	if h := newHostNet(manage, log, settings); h != nil {
 		h.run(ctx)
 	}
 }
 
-// RunHostNetwork applies the -manage-network default alone (no stored
-// settings) until ctx ends: for when pumi cannot open its state and must
-// still be reachable to say so.
-func RunHostNetwork(ctx context.Context, manageNetwork string, log *slog.Logger) {
+// RunDefault applies the -manage-network default alone (no stored settings)
+// until ctx ends: for when pumi cannot open its state and must still be
+// reachable to say so.
+func RunDefault(ctx context.Context, manage string, log *slog.Logger) {
 	never := make(chan struct{})
-	h := newHostNet(manageNetwork, log, func(context.Context) (NetworkSettings, <-chan struct{}, error) {
+	Supervise(ctx, manage, log, func(context.Context) (NetworkSettings, <-chan struct{}, error) {
 		return NetworkSettings{}, never, nil
 	})
-	if h != nil {
-		h.run(ctx)
-	}
+}
+
+// NetworkSettings is the appliance's own address on its interface.
+type NetworkSettings struct {
+	Mode    string       `json:"mode,omitempty"` // "dhcp" (default) or "static"
+	Address netip.Prefix `json:"address,omitzero"`
+	Gateway netip.Addr   `json:"gateway,omitzero"`
+	DNS     []netip.Addr `json:"dns,omitempty"`
 }
 
 // newHostNet is the supervisor for gokrazy's eth0, nil if manage is "".
-func newHostNet(manage string, log *slog.Logger, settings func(context.Context) (NetworkSettings, <-chan struct{}, error)) *hostNet {
+func newHostNet(manage string, log *slog.Logger, settings Settings) *hostNet {
 	def, on, err := ParseManageNetwork(manage)
 	if err != nil {
 		// A bad image default must not leave the box without an address:
@@ -213,12 +217,12 @@ func (h *hostNet) run(ctx context.Context) {
 		if n.Mode == "" {
 			n = h.def
 		}
-		args, aerr := dhcpArgs(n)
+		args, aerr := DHCPArgs(n)
 		switch {
 		case aerr != nil && first:
 			h.log.Error("network settings cannot be applied; using the image's default until they are fixed on the setup page", "err", aerr)
 			n = h.def
-			args, _ = dhcpArgs(n)
+			args, _ = DHCPArgs(n)
 		case aerr != nil:
 			h.log.Error("network settings cannot be applied; the address stays as it is (fix them on the setup page)", "err", aerr)
 			args = running

@@ -1,4 +1,4 @@
-package appliance
+package hostnet
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pumi-lab/pumi/internal/change"
 	"github.com/pumi-lab/pumi/internal/testnet"
 )
 
@@ -44,12 +45,12 @@ func TestDHCPArgs(t *testing.T) {
 	addr := netip.MustParseAddr
 	// DHCP client: no flags.
 	for _, n := range []NetworkSettings{{}, {Mode: "dhcp"}, {Mode: "dhcp", Address: pfx("10.0.0.2/24")}} {
-		if args, err := dhcpArgs(n); err != nil || args != nil {
-			t.Errorf("dhcpArgs(%+v) = %q, %v; want no flags", n, args, err)
+		if args, err := DHCPArgs(n); err != nil || args != nil {
+			t.Errorf("DHCPArgs(%+v) = %q, %v; want no flags", n, args, err)
 		}
 	}
 	// The exact text gokrazy's dhcp gets: the mask base64 (a net.IPMask).
-	args, err := dhcpArgs(NetworkSettings{Mode: "static", Address: pfx("10.20.0.2/24"), Gateway: addr("10.20.0.1"),
+	args, err := DHCPArgs(NetworkSettings{Mode: "static", Address: pfx("10.20.0.2/24"), Gateway: addr("10.20.0.1"),
 		DNS: []netip.Addr{addr("10.20.0.1"), addr("192.0.2.53")}})
 	if err != nil {
 		t.Fatal(err)
@@ -68,7 +69,7 @@ func TestDHCPArgs(t *testing.T) {
 		{NetworkSettings{Mode: "static", Address: pfx("192.0.2.1/30"), Gateway: addr("192.0.2.2")}, 30, "192.0.2.2"},
 		{NetworkSettings{Mode: "static", Address: pfx("10.9.0.130/25")}, 25, "<nil>"},
 	} {
-		args, err := dhcpArgs(tc.n)
+		args, err := DHCPArgs(tc.n)
 		if err != nil {
 			t.Errorf("%+v: %v", tc.n, err)
 			continue
@@ -95,7 +96,7 @@ func TestDHCPArgs(t *testing.T) {
 		"DNS IPv6":          {Mode: "static", Address: pfx("10.20.0.2/24"), DNS: []netip.Addr{addr("2001:db8::53")}},
 	}
 	for name, n := range bad {
-		if args, err := dhcpArgs(n); err == nil {
+		if args, err := DHCPArgs(n); err == nil {
 			t.Errorf("%s (%+v): got flags %q, want an error", name, n, args)
 		}
 	}
@@ -138,7 +139,7 @@ func FuzzParseManageNetwork(f *testing.F) {
 		if err != nil || !on {
 			return
 		}
-		args, err := dhcpArgs(n)
+		args, err := DHCPArgs(n)
 		if err != nil {
 			t.Fatalf("%q parsed to %+v, which dhcpArgs refuses: %v", s, n, err)
 		}
@@ -193,13 +194,13 @@ func TestHostNetworkGokrazyDHCP(t *testing.T) {
 	var (
 		mu       sync.Mutex
 		settings NetworkSettings
-		changes  notifier
+		changes  change.Broadcast
 	)
 	set := func(n NetworkSettings) {
 		mu.Lock()
 		settings = n
 		mu.Unlock()
-		changes.notify()
+		changes.Notify()
 	}
 	logs := &testnet.LockedBuffer{}
 	h := &hostNet{
@@ -210,7 +211,7 @@ func TestHostNetworkGokrazyDHCP(t *testing.T) {
 		iface: iface,
 		def:   NetworkSettings{Mode: "dhcp"},
 		settings: func(ctx context.Context) (NetworkSettings, <-chan struct{}, error) {
-			ch := changes.wait()
+			ch := changes.Wait()
 			mu.Lock()
 			defer mu.Unlock()
 			return settings, ch, nil
