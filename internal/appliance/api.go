@@ -15,6 +15,9 @@ import (
 	"github.com/pumi-lab/pumi/internal/history"
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/macaddr"
+	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/seatjob"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/web"
 )
 
@@ -92,10 +95,10 @@ func (a *App) apiError(w http.ResponseWriter, r *http.Request, err error) {
 		if he.body != nil {
 			body = he.body
 		}
-	case errors.Is(err, errConfig), errors.Is(err, inventory.ErrInvalid), errors.Is(err, clonezilla.ErrUnsafe),
+	case errors.Is(err, settings.ErrInvalid), errors.Is(err, schedule.ErrInvalid), errors.Is(err, seatjob.ErrInvalid), errors.Is(err, inventory.ErrInvalid), errors.Is(err, clonezilla.ErrUnsafe),
 		errors.Is(err, clonezilla.ErrBadLiveZip):
 		code = http.StatusBadRequest
-	case errors.Is(err, inventory.ErrNotFound):
+	case errors.Is(err, inventory.ErrNotFound), errors.Is(err, schedule.ErrNotFound):
 		code = http.StatusNotFound
 	case errors.Is(err, inventory.ErrDuplicate):
 		code = http.StatusConflict
@@ -138,7 +141,7 @@ func (a *App) apiGetConfig(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (a *App) apiPutConfig(w http.ResponseWriter, r *http.Request) error {
-	var cfg Config
+	var cfg settings.Config
 	if err := decodeJSON(r, &cfg); err != nil {
 		return err
 	}
@@ -166,7 +169,7 @@ func (a *App) putSecret(w http.ResponseWriter, r *http.Request, name string) err
 	if len(b.Password) > maxSecret || strings.ContainsAny(b.Password, "\x00\r\n") {
 		return badRequest("the password must be at most %d characters on one line", maxSecret)
 	}
-	if err := a.SetSecret(r.Context(), name, b.Password); err != nil {
+	if err := settings.SetSecret(r.Context(), a.st, name, b.Password); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -174,7 +177,7 @@ func (a *App) putSecret(w http.ResponseWriter, r *http.Request, name string) err
 }
 
 func (a *App) apiPutMailSecret(w http.ResponseWriter, r *http.Request) error {
-	return a.putSecret(w, r, SecretMail)
+	return a.putSecret(w, r, settings.SecretMail)
 }
 
 // apiPutSSHSecret sets the password of an SSH login the config names, so a
@@ -185,10 +188,10 @@ func (a *App) apiPutSSHSecret(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	if !slices.ContainsFunc(cfg.SSH, func(l SSHLogin) bool { return l.Scope == scope && l.Name == name }) {
+	if !slices.ContainsFunc(cfg.SSH, func(l settings.SSHLogin) bool { return l.Scope == scope && l.Name == name }) {
 		return badRequest("no SSH login for %s %q in the config: add it to \"ssh\" first (scope \"room\" or \"image\")", scope, name)
 	}
-	return a.putSecret(w, r, SSHSecretName(scope, name))
+	return a.putSecret(w, r, settings.SSHSecretName(scope, name))
 }
 
 func (a *App) apiSeats(w http.ResponseWriter, r *http.Request) error {

@@ -8,39 +8,33 @@ package appliance
 import (
 	"cmp"
 	"context"
-	"crypto/rand"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"reflect"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/pumi-lab/pumi/assets"
-	"github.com/pumi-lab/pumi/internal/atomicfile"
 	"github.com/pumi-lab/pumi/internal/boot"
 	"github.com/pumi-lab/pumi/internal/change"
 	"github.com/pumi-lab/pumi/internal/clonezilla"
 	"github.com/pumi-lab/pumi/internal/history"
 	"github.com/pumi-lab/pumi/internal/hostnet"
 	"github.com/pumi-lab/pumi/internal/inventory"
-	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/netboot"
 	"github.com/pumi-lab/pumi/internal/nfsexport"
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/reimage"
+	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/seen"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/store"
 	"github.com/pumi-lab/pumi/internal/web"
 )
@@ -87,16 +81,17 @@ type App struct {
 	outbox  *notify.Outbox
 	engine  *reimage.Engine
 	jobs    *seatjob.Jobs
+	book    schedule.Book
 	seen    *seen.Recorder
 
 	ready    chan struct{} // closed once Serve has bound its listeners
 	httpAddr net.Addr
 	ocsAddr  net.Addr
 
-	mu       sync.Mutex
-	netStat  componentStatus
-	nfsStat  componentStatus
-	nbServer *netboot.Server
+	mu      sync.Mutex
+	netStat componentStatus
+	nfsStat componentStatus
+	netboot *netboot.Supervisor
 }
 
 type componentStatus struct {
@@ -115,8 +110,8 @@ func Open(ctx context.Context, opts Options) (*App, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &App{opts: opts, log: opts.Log, st: st, inv: inventory.New(st), seen: seen.New(st, opts.Log), ready: make(chan struct{})}
-	if a.apiToken, err = loadOrCreateToken(a.APITokenPath(), opts.APITokenFile == ""); err != nil {
+	a := &App{opts: opts, log: opts.Log, st: st, inv: inventory.New(st), seen: seen.New(st, opts.Log), book: schedule.Book{St: st}, ready: make(chan struct{})}
+	if a.apiToken, err = settings.LoadOrCreateToken(a.APITokenPath(), opts.APITokenFile == ""); err != nil {
 		st.Close()
 		return nil, err
 	}
@@ -131,6 +126,9 @@ func Open(ctx context.Context, opts Options) (*App, error) {
 		st.Close()
 		return nil, err
 	}
+	a.netboot = &netboot.Supervisor{Want: a.netbootWanted, Changed: a.changes.Wait,
+		Report:    a.reporter(&a.netStat, ""),
+		Admission: admission{a}, LeaseStore: seatjob.Leases{Store: a.st, Jobs: a.jobs}, Files: assets.IPXE(), Log: a.log}
 	return a, nil
 }
 
@@ -153,48 +151,21 @@ func (a *App) APITokenPath() string {
 	return filepath.Join(a.st.Dir(), "api-token")
 }
 
-func loadOrCreateToken(path string, create bool) (string, error) {
-	b, err := os.ReadFile(path)
-	if err == nil {
-		if t := strings.TrimSpace(string(b)); len(t) >= 32 {
-			return t, nil
-		}
-		return "", fmt.Errorf("API token file %s is damaged: delete it and restart pumi to get a new token", path)
-	}
-	if !errors.Is(err, os.ErrNotExist) || !create {
-		return "", fmt.Errorf("API token: %w", err)
-	}
-	var raw [32]byte
-	if _, err := rand.Read(raw[:]); err != nil {
-		return "", err
-	}
-	t := base64.RawURLEncoding.EncodeToString(raw[:])
-	if err := atomicfile.Write(path, []byte(t+"\n"), 0o600); err != nil {
-		return "", fmt.Errorf("API token: %w", err)
-	}
-	return t, nil
-}
-
 // Config returns the current configuration (the zero Config, netboot off,
 // before an admin saved one).
-func (a *App) Config(ctx context.Context) (Config, error) {
-	var cfg Config
+func (a *App) Config(ctx context.Context) (settings.Config, error) {
+	var cfg settings.Config
 	err := a.st.View(ctx, func(tx *store.Tx) error {
-		c, ok, err := configBucket.Get(tx, configKey)
-		if ok {
-			cfg = c
-		}
+		var err error
+		cfg, err = settings.Load(tx)
 		return err
 	})
-	if cfg.Netboot.Mode == "" {
-		cfg.Netboot.Mode = string(netboot.ModeOff)
-	}
 	return cfg, err
 }
 
 // SetConfig validates and stores cfg, then restarts the services it affects.
 // An invalid config changes nothing.
-func (a *App) SetConfig(ctx context.Context, cfg Config) error {
+func (a *App) SetConfig(ctx context.Context, cfg settings.Config) error {
 	if cfg.Netboot.Mode == "" {
 		cfg.Netboot.Mode = string(netboot.ModeOff)
 	}
@@ -203,16 +174,16 @@ func (a *App) SetConfig(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Repository != "" {
 		if st, err := os.Stat(cfg.Repository); err != nil || !st.IsDir() {
-			return fmt.Errorf("%w: repository %s is not a readable folder", errConfig, cfg.Repository)
+			return fmt.Errorf("%w: repository %s is not a readable folder", settings.ErrInvalid, cfg.Repository)
 		}
 	}
 	if cfg.LiveVersion != "" {
 		if _, err := os.Stat(filepath.Join(a.liveRoot(), cfg.LiveVersion, clonezilla.LiveKernel)); err != nil {
-			return fmt.Errorf("%w: Clonezilla live version %q is not imported", errConfig, cfg.LiveVersion)
+			return fmt.Errorf("%w: Clonezilla live version %q is not imported", settings.ErrInvalid, cfg.LiveVersion)
 		}
 	}
 	err := a.st.Update(ctx, func(tx *store.Tx) error {
-		if err := configBucket.Put(tx, configKey, cfg); err != nil {
+		if err := settings.Save(tx, cfg); err != nil {
 			return err
 		}
 		return history.Add(tx, history.Event{Kind: "config", Message: "configuration changed (netboot " + cfg.Netboot.Mode + ")"})
@@ -260,89 +231,24 @@ type JobRequest struct {
 	Disk   string         `json:"disk,omitempty"`
 }
 
-// StartJobs gives seats a manual restore or capture job. Every seat must be
-// in the inventory with an address on record, and a restore needs a valid
-// image; everything is checked before the first job is written.
+// StartJobs gives seats, by MAC or room, a manual job (seatjob.Jobs.StartAll).
 func (a *App) StartJobs(ctx context.Context, req JobRequest) ([]seatjob.Job, error) {
-	if req.Action != seatjob.Restore && req.Action != seatjob.Capture {
-		return nil, badRequest("action must be restore or capture")
-	}
-	if err := clonezilla.CheckImagePath(req.Image); err != nil {
-		return nil, badRequest("image: %v", err)
-	}
-	if req.Disk != "" {
-		if err := clonezilla.CheckDisk(req.Disk); err != nil {
-			return nil, badRequest("disk: %v", err)
-		}
-	}
-	cfg, err := a.Config(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if cfg.Repository == "" {
-		return nil, badRequest("no image repository configured")
-	}
-	if req.Action == seatjob.Restore {
-		img, err := clonezilla.Inspect(ctx, cfg.Repository, req.Image)
-		if err != nil {
-			return nil, badRequest("image %s: %v", req.Image, err)
-		}
-		if !img.Valid {
-			return nil, badRequest("image %s cannot be restored: %s", req.Image, strings.Join(img.Problems, "; "))
-		}
-	}
-	if req.Action == seatjob.Capture && req.Disk == "" && cfg.TargetDisk == "" {
-		return nil, badRequest("a capture needs the source disk (disk)")
-	}
-	macs := map[string]bool{}
-	for _, m := range req.MACs {
-		n, err := macaddr.Normalize(m)
-		if err != nil {
-			return nil, badRequest("%v", err)
-		}
-		macs[n] = true
-	}
+	macs := req.MACs
 	if req.Room != "" {
 		seats, err := a.inv.SeatsInRoom(ctx, req.Room)
 		if err != nil {
 			return nil, err
 		}
 		for _, s := range seats {
-			macs[s.MAC] = true
+			macs = append(macs, s.MAC)
 		}
 	}
-	if len(macs) == 0 {
-		return nil, badRequest("no seats named (macs or room)")
-	}
-	if req.Action == seatjob.Capture && len(macs) != 1 {
-		return nil, badRequest("a capture is taken from exactly one seat")
-	}
-	err = a.st.View(ctx, func(tx *store.Tx) error {
-		for m := range macs {
-			if _, err := seatAddr(tx, m); err != nil {
-				return badRequest("seat %s: %v", m, err)
-			}
-		}
-		return nil
-	})
+	cfg, err := a.Config(ctx)
 	if err != nil {
 		return nil, err
 	}
-	key := req.Key
-	if key == "" {
-		key = "manual-" + time.Now().UTC().Format("20060102-150405")
-	}
-	disk := cmp.Or(req.Disk, cfg.TargetDisk)
-	var out []seatjob.Job
-	for _, m := range slices.Sorted(maps.Keys(macs)) {
-		j, err := a.jobs.Start(ctx, seatjob.Request{Key: key, MAC: m, Action: req.Action, Image: req.Image, Disk: disk})
-		if err != nil {
-			return out, err
-		}
-		j.Token = ""
-		out = append(out, j)
-	}
-	return out, nil
+	key := cmp.Or(req.Key, "manual-"+time.Now().UTC().Format("20060102-150405"))
+	return a.jobs.StartAll(ctx, key, macs, req.Action, req.Image, cmp.Or(req.Disk, cfg.TargetDisk))
 }
 
 // Status is what the status page and API show.
@@ -357,11 +263,7 @@ type Status struct {
 func (a *App) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Status{StateDir: a.st.Dir(), Netboot: a.netStat, NFS: a.nfsStat}
-	if a.nbServer != nil {
-		s.Leases = a.nbServer.Leases()
-	}
-	return s
+	return Status{StateDir: a.st.Dir(), Netboot: a.netStat, NFS: a.nfsStat, Leases: a.netboot.Leases()}
 }
 
 // Serve runs every service until ctx ends. The HTTP server, the NFS export
@@ -433,7 +335,7 @@ func (a *App) Serve(ctx context.Context) error {
 		cfg, err := a.Config(ctx)
 		return cfg.Network, changed, err
 	})
-	go a.superviseNetboot(ctx)
+	go a.netboot.Run(ctx)
 	go a.st.BackupEvery(ctx, 6*time.Hour)
 	go a.seen.Run(ctx)
 	go a.pruneHistory(ctx)
@@ -453,90 +355,6 @@ func (a *App) Serve(ctx context.Context) error {
 	return err
 }
 
-// superviseNetboot runs the DHCP/TFTP server with the current config and
-// restarts it when what it serves changes: the netboot settings, or the
-// inventory's addresses, which become full mode's reservations (rechecked
-// every few seconds, so an imported CSV takes effect without a restart). A
-// failure (interface missing, port in use) is shown in the status and the
-// same config is retried after a minute.
-func (a *App) superviseNetboot(ctx context.Context) {
-	tick := time.NewTicker(10 * time.Second)
-	defer tick.Stop()
-	var (
-		running  *netboot.Config // what the server was started with; nil: not running
-		stop     = func() {}
-		done     chan error
-		failed   *netboot.Config // the config that last failed, and when
-		failedAt time.Time
-	)
-	halt := func() {
-		stop()
-		if done != nil {
-			<-done
-		}
-		running, done = nil, nil
-	}
-	defer halt()
-	for {
-		changed := a.changes.Wait()
-		want, off, err := a.netbootWanted(ctx)
-		switch {
-		case err != nil:
-			halt()
-			a.setNetStat(componentStatus{Error: err.Error()})
-		case off:
-			halt()
-			a.setNetStat(componentStatus{Detail: "(enable it in the configuration)"})
-			a.mu.Lock()
-			a.nbServer = nil
-			a.mu.Unlock()
-		case running != nil && reflect.DeepEqual(want, *running):
-			// Serving exactly this already.
-		case failed != nil && reflect.DeepEqual(want, *failed) && time.Since(failedAt) < time.Minute:
-			// Retried after a minute, not on every tick.
-		default:
-			halt()
-			runCtx, cancel := context.WithCancel(ctx)
-			srv, err := netboot.New(want, admission{a}, leaseStore{st: a.st, changed: func() { a.jobs.Refresh(ctx) }}, assets.IPXE(), a.log)
-			if err != nil {
-				cancel()
-				failed, failedAt = &want, time.Now()
-				a.setNetStat(componentStatus{Error: err.Error()})
-				a.log.Error("netboot not started", "err", err)
-				break
-			}
-			cfg := want
-			running, stop, done = &cfg, cancel, make(chan error, 1)
-			a.mu.Lock()
-			a.nbServer = srv
-			a.mu.Unlock()
-			go func(done chan<- error) { done <- srv.Run(runCtx) }(done)
-			go func() {
-				select {
-				case <-srv.Ready():
-					a.setNetStat(componentStatus{Running: true, Detail: fmt.Sprintf("(%s on %s)", cfg.Mode, cfg.Interface)})
-				case <-runCtx.Done():
-				}
-			}()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		case <-tick.C:
-		case err := <-done:
-			if err == nil {
-				err = errors.New("netboot server stopped")
-			}
-			failed, failedAt = running, time.Now()
-			running, done = nil, nil
-			stop()
-			a.setNetStat(componentStatus{Error: err.Error()})
-			a.log.Error("netboot stopped", "err", err)
-		}
-	}
-}
-
 // netbootWanted is the netboot server's config from the state; off when the
 // admin has not enabled it.
 func (a *App) netbootWanted(ctx context.Context) (nc netboot.Config, off bool, err error) {
@@ -547,112 +365,34 @@ func (a *App) netbootWanted(ctx context.Context) (nc netboot.Config, off bool, e
 	if cfg.Netboot.Mode == string(netboot.ModeOff) {
 		return nc, true, nil
 	}
-	res, err := a.reservations(ctx)
+	seats, err := a.inv.Seats(ctx)
 	if err != nil {
 		return nc, false, err
 	}
-	nc, err = cfg.netbootConfig(a.httpPort, res)
+	nc, err = cfg.NetbootConfig(a.httpPort, seats)
 	if err == nil && nc.HTTPBase == "" {
 		nc.HTTPBase, _, err = a.httpBase(cfg)
 	}
 	return nc, false, err
 }
 
-func (a *App) setNetStat(s componentStatus) {
-	a.mu.Lock()
-	a.netStat = s
-	a.mu.Unlock()
-}
-
-func (a *App) reservations(ctx context.Context) ([]netboot.Reservation, error) {
-	seats, err := a.inv.Seats(ctx)
-	if err != nil {
-		return nil, err
-	}
-	var out []netboot.Reservation
-	for _, s := range seats {
-		if !s.IP.IsValid() {
-			continue
-		}
-		m, err := macaddr.Parse(s.MAC)
-		if err != nil {
-			continue
-		}
-		out = append(out, netboot.Reservation{MAC: m, IP: s.IP, Hostname: s.Hostname})
-	}
-	return out, nil
-}
-
-// superviseNFS serves the repository over NFS and restarts the export only
-// when the repository changes (other settings leave open connections alone),
-// on the same port, so the command lines already handed to seats stay right.
-// Clients reconnect by themselves and keep their file handles (they are
-// stable across restarts).
+// superviseNFS serves the repository over NFS (nfsexport.Supervisor): /images
+// read-only for restores, /capture for captures.
 func (a *App) superviseNFS(ctx context.Context, l net.Listener) {
 	host, _, _ := net.SplitHostPort(a.opts.NFSListen)
-	addr := net.JoinHostPort(host, fmt.Sprint(a.nfsPort))
-	var (
-		serving = "\x00" // the repository being served; never a real path
-		stop    = func() {}
-		served  = make(chan struct{})
-	)
-	close(served)
-	halt := func() {
-		stop()
-		<-served
-	}
-	defer halt()
-	for {
-		changed := a.changes.Wait()
-		cfg, err := a.Config(ctx)
-		switch {
-		case err != nil:
-			a.setNFSStat(componentStatus{Error: err.Error()})
-		case cfg.Repository == serving:
-			// Nothing NFS serves changed.
-		case cfg.Repository == "":
-			halt()
-			serving = ""
-			a.setNFSStat(componentStatus{Detail: "(no image repository configured)"})
-		default:
-			halt()
-			serving = cfg.Repository
-			srv, err := nfsexport.New(nfsexport.Config{Exports: []nfsexport.Export{
+	sup := &nfsexport.Supervisor{Allow: a.jobs, Log: a.log, Changed: a.changes.Wait,
+		Want: func(ctx context.Context) ([]nfsexport.Export, error) {
+			cfg, err := a.Config(ctx)
+			if err != nil || cfg.Repository == "" {
+				return nil, err
+			}
+			return []nfsexport.Export{
 				{Path: seatjob.ExportImages, Dir: cfg.Repository},
 				{Path: seatjob.ExportCapture, Dir: cfg.Repository, Writable: true},
-			}}, a.jobs, a.log)
-			if err != nil {
-				a.setNFSStat(componentStatus{Error: err.Error()})
-				break
-			}
-			if l == nil {
-				var lc net.ListenConfig
-				if l, err = lc.Listen(ctx, "tcp", addr); err != nil {
-					a.setNFSStat(componentStatus{Error: fmt.Sprintf("listen %s: %v", addr, err)})
-					l = nil
-					serving = "\x00"
-					break
-				}
-			}
-			genCtx, cancel := context.WithCancel(ctx)
-			stop, served = cancel, make(chan struct{})
-			a.setNFSStat(componentStatus{Running: true, Detail: fmt.Sprintf("(%s read-only, %s for captures, port %d)", seatjob.ExportImages, seatjob.ExportCapture, a.nfsPort)})
-			go func(l net.Listener, served chan struct{}) {
-				defer close(served)
-				// Serve closes l when genCtx ends.
-				if err := srv.Serve(genCtx, l); err != nil && genCtx.Err() == nil {
-					a.log.Error("nfs", "err", err)
-					a.setNFSStat(componentStatus{Error: err.Error()})
-				}
-			}(l, served)
-			l = nil
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-changed:
-		}
-	}
+			}, nil
+		},
+		Report: a.reporter(&a.nfsStat, fmt.Sprintf("(%s read-only, %s for captures, port %d)", seatjob.ExportImages, seatjob.ExportCapture, a.nfsPort))}
+	sup.Run(ctx, l, net.JoinHostPort(host, fmt.Sprint(a.nfsPort)))
 }
 
 // pruneHistory bounds the event log by age and count, hourly.
@@ -692,8 +432,25 @@ func (a *App) servePortmap(ctx context.Context, errc chan<- error) error {
 	return nil
 }
 
-func (a *App) setNFSStat(s componentStatus) {
-	a.mu.Lock()
-	a.nfsStat = s
-	a.mu.Unlock()
+// reporter is a supervisor's Report callback that keeps its status in dst
+// for the status page; running replaces the detail with runningDetail if set.
+func (a *App) reporter(dst *componentStatus, runningDetail string) func(bool, string, error) {
+	return func(running bool, detail string, err error) {
+		st := componentStatus{Running: running, Detail: detail}
+		if running && runningDetail != "" {
+			st.Detail = runningDetail
+		}
+		if err != nil {
+			st.Error = err.Error()
+		}
+		a.mu.Lock()
+		*dst = st
+		a.mu.Unlock()
+	}
+}
+
+// SetSecret stores (value != "") or clears (value == "") a secret
+// (settings.SetSecret on the appliance's state).
+func (a *App) SetSecret(ctx context.Context, name, value string) error {
+	return settings.SetSecret(ctx, a.st, name, value)
 }

@@ -25,6 +25,7 @@ import (
 
 	"github.com/pumi-lab/pumi/internal/netboot"
 	"github.com/pumi-lab/pumi/internal/seatjob"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/testnet"
 	"github.com/pumi-lab/pumi/internal/testseat"
 	"github.com/pumi-lab/pumi/internal/web"
@@ -541,7 +542,7 @@ func TestSecretsAPI(t *testing.T) {
 	if code, out := ta.do("PUT", "/api/v1/secrets/ssh/room/lab", "application/json", jsonBody(t, map[string]string{"password": pw}), true); code != http.StatusBadRequest || !strings.Contains(out, "no SSH login") {
 		t.Errorf("password for a room without an SSH login: %d %s, want 400 naming the missing login", code, out)
 	}
-	if ok, _ := ta.app.HasSecret(ctx, SSHSecretName("room", "lab")); ok {
+	if ok, _ := settings.HasSecret(ctx, ta.app.st, settings.SSHSecretName("room", "lab")); ok {
 		t.Fatal("a refused secret was stored")
 	}
 	ta.mustDo("PUT", "/api/v1/config", "application/json", jsonBody(t, map[string]any{"netboot": map[string]string{"mode": "off"},
@@ -559,8 +560,8 @@ func TestSecretsAPI(t *testing.T) {
 			t.Errorf("PUT secret %.30q: %d, want 400", bad, code)
 		}
 	}
-	for _, name := range []string{SSHSecretName("room", "lab"), SecretMail} {
-		if v, err := ta.app.secret(ctx, name); err != nil || v != pw {
+	for _, name := range []string{settings.SSHSecretName("room", "lab"), settings.SecretMail} {
+		if v, err := settings.Secret(ctx, ta.app.st, name); err != nil || v != pw {
 			t.Errorf("secret %s = %q, %v; want the password set (a refused update must not change it)", name, v, err)
 		}
 	}
@@ -571,7 +572,7 @@ func TestSecretsAPI(t *testing.T) {
 	}
 	// An empty password clears the secret.
 	ta.mustDo("PUT", "/api/v1/secrets/mail", "application/json", []byte(`{"password": ""}`))
-	if ok, _ := ta.app.HasSecret(ctx, SecretMail); ok {
+	if ok, _ := settings.HasSecret(ctx, ta.app.st, settings.SecretMail); ok {
 		t.Error("an empty password did not clear the mail secret")
 	}
 }

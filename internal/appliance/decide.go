@@ -11,35 +11,9 @@ import (
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/netboot"
 	"github.com/pumi-lab/pumi/internal/seatjob"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/store"
 )
-
-// seatAddr is seatjob's trust record (seatjob.Config.Addr): the seat's
-// inventory IP, else in full mode the address pumi's own DHCP leased to it.
-// In proxy mode pumi hands out no addresses, so only the inventory counts
-// (the school's DHCP reservation).
-func seatAddr(tx *store.Tx, mac string) (netip.Addr, error) {
-	seat, err := inventory.SeatByMACTx(tx, mac)
-	if errors.Is(err, inventory.ErrNotFound) {
-		return netip.Addr{}, seatjob.ErrUnknownSeat
-	}
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if seat.IP.IsValid() {
-		return seat.IP.Unmap(), nil
-	}
-	cfg, _, err := configBucket.Get(tx, configKey)
-	if err != nil {
-		return netip.Addr{}, err
-	}
-	if cfg.Netboot.Mode == string(netboot.ModeFull) {
-		if l, ok, err := leaseBucket.Get(tx, mac); err == nil && ok && l.IP.IsValid() {
-			return l.IP.Unmap(), nil
-		}
-	}
-	return netip.Addr{}, seatjob.ErrNoAddress
-}
 
 // jobEnv is what a Clonezilla boot needs from the settings (seatjob.Config.Env).
 func (a *App) jobEnv(ctx context.Context) (seatjob.Env, error) {
@@ -91,14 +65,14 @@ func (a *App) known(ctx context.Context, mac net.HardwareAddr) (bool, error) {
 
 // httpBase is the URL seats use to reach pumi, and pumi's IPv4 on the lab
 // network (for NFS and ocs_server).
-func (a *App) httpBase(cfg Config) (string, netip.Addr, error) {
-	nb, err := cfg.netbootConfig(a.httpPort, nil)
+func (a *App) httpBase(cfg settings.Config) (string, netip.Addr, error) {
+	nb, err := cfg.NetbootConfig(a.httpPort, nil)
 	if err != nil {
 		return "", netip.Addr{}, err
 	}
 	server := nb.ServerIP
 	if !server.IsValid() && nb.Interface != "" {
-		server, err = interfaceIPv4(nb.Interface)
+		server, err = netboot.InterfaceIPv4(nb.Interface)
 		if err != nil {
 			return "", netip.Addr{}, err
 		}
@@ -111,23 +85,4 @@ func (a *App) httpBase(cfg Config) (string, netip.Addr, error) {
 		base = fmt.Sprintf("http://%s:%d", server, a.httpPort)
 	}
 	return base, server, nil
-}
-
-func interfaceIPv4(name string) (netip.Addr, error) {
-	ifi, err := net.InterfaceByName(name)
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("lab interface %q: %w", name, err)
-	}
-	addrs, err := ifi.Addrs()
-	if err != nil {
-		return netip.Addr{}, fmt.Errorf("lab interface %q: %w", name, err)
-	}
-	for _, ad := range addrs {
-		if ipn, ok := ad.(*net.IPNet); ok {
-			if ip, ok := netip.AddrFromSlice(ipn.IP.To4()); ok && ipn.IP.To4() != nil {
-				return ip, nil
-			}
-		}
-	}
-	return netip.Addr{}, fmt.Errorf("lab interface %q has no IPv4 address", name)
 }

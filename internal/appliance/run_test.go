@@ -23,6 +23,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/reimage"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/testnet"
 	"github.com/pumi-lab/pumi/internal/testseat"
 	"github.com/pumi-lab/pumi/internal/testsmtp"
@@ -177,8 +178,8 @@ func runInLab(t *testing.T) {
 	body, _ := json.Marshal(cfg)
 	must(t, api.do(ctx, "PUT", "/api/v1/config", "application/json", body, nil))
 	must(t, api.do(ctx, "POST", "/api/v1/live/import", "application/json", []byte(`{"zip":"clonezilla-live-3.3.0-33-amd64.zip"}`), nil))
-	must(t, app.SetSecret(ctx, appliance.SSHSecretName("room", labRoom), testseat.Password))
-	must(t, app.SetSecret(ctx, appliance.SecretMail, testsmtp.Password))
+	must(t, app.SetSecret(ctx, settings.SSHSecretName("room", labRoom), testseat.Password))
+	must(t, app.SetSecret(ctx, settings.SecretMail, testsmtp.Password))
 
 	// The seats, and the inventory by CSV import.
 	csv := "mac,ip,user,hostname,room\n"

@@ -1,12 +1,12 @@
 package appliance
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
-	"slices"
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/history"
@@ -17,101 +17,16 @@ import (
 	"github.com/pumi-lab/pumi/internal/reimage"
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/seatjob"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/store"
 )
 
-// Buckets for runs' inputs: secrets (0600 like the whole state file, never
-// returned by any API), schedules and their persisted fire times.
-var (
-	secretBucket   = store.NewBucket[string]("secrets")
-	scheduleBucket = store.NewBucket[schedule.Schedule]("schedules")
-	fireBucket     = store.NewBucket[time.Time]("schedule-fires")
-)
-
-// Secret names.
-const SecretMail = "mail"
-
-// SSHSecretName names the SSH password of a room or an image.
-func SSHSecretName(scope, name string) string { return "ssh:" + scope + ":" + name }
-
-// SetSecret stores (value != "") or clears (value == "") a secret.
-func (a *App) SetSecret(ctx context.Context, name, value string) error {
-	if name == "" || len(name) > 200 {
-		return fmt.Errorf("%w: bad secret name", errConfig)
-	}
-	return a.st.Update(ctx, func(tx *store.Tx) error {
-		if value == "" {
-			return secretBucket.Delete(tx, name)
-		}
-		return secretBucket.Put(tx, name, value)
-	})
-}
-
-// HasSecret reports whether a secret is set, for "set"/"not set" displays.
-func (a *App) HasSecret(ctx context.Context, name string) (bool, error) {
-	var ok bool
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		ok, err = secretBucket.Has(tx, name)
-		return err
-	})
-	return ok, err
-}
-
-func (a *App) secret(ctx context.Context, name string) (string, error) {
-	var v string
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		v, _, err = secretBucket.Get(tx, name)
-		return err
-	})
-	return v, err
-}
-
-// location is the appliance's time zone.
-func (c Config) location() *time.Location {
-	if c.TimeZone == "" {
-		return time.UTC
-	}
-	if loc, err := time.LoadLocation(c.TimeZone); err == nil {
-		return loc
-	}
-	return time.UTC
-}
-
 // Schedules lists the stored schedules.
-func (a *App) Schedules(ctx context.Context) ([]schedule.Schedule, error) {
-	var out []schedule.Schedule
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		out, err = scheduleBucket.List(tx)
-		return err
-	})
-	return out, err
-}
+func (a *App) Schedules(ctx context.Context) ([]schedule.Schedule, error) { return a.book.List(ctx) }
 
-// PutSchedule creates or replaces a schedule. An edited spec restarts the
-// schedule's fire accounting at now, so the new spec never fires for the
-// past (see schedule.Scheduler).
+// PutSchedule creates or replaces a schedule (schedule.Book.Put).
 func (a *App) PutSchedule(ctx context.Context, s schedule.Schedule) error {
-	if err := s.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", errConfig, err)
-	}
-	err := a.st.Update(ctx, func(tx *store.Tx) error {
-		old, ok, err := scheduleBucket.Get(tx, s.ID)
-		if err != nil {
-			return err
-		}
-		if ok && old.Spec.String() != s.Spec.String() {
-			if err := fireBucket.Put(tx, s.ID, time.Now().UTC()); err != nil {
-				return err
-			}
-		}
-		if err := scheduleBucket.Put(tx, s.ID, s); err != nil {
-			return err
-		}
-		return history.Add(tx, history.Event{Kind: "schedule", Message: fmt.Sprintf("schedule %q saved (%s)", s.Name, s.Spec.String())})
-	})
+	err := a.book.Put(ctx, s, time.Now())
 	if err == nil {
 		a.changes.Notify()
 	}
@@ -120,18 +35,7 @@ func (a *App) PutSchedule(ctx context.Context, s schedule.Schedule) error {
 
 // DeleteSchedule removes a schedule; runs it started are kept.
 func (a *App) DeleteSchedule(ctx context.Context, id string) error {
-	err := a.st.Update(ctx, func(tx *store.Tx) error {
-		if ok, err := scheduleBucket.Has(tx, id); err != nil || !ok {
-			if err == nil {
-				err = fmt.Errorf("schedule %s: %w", id, inventory.ErrNotFound)
-			}
-			return err
-		}
-		if err := scheduleBucket.Delete(tx, id); err != nil {
-			return err
-		}
-		return fireBucket.Delete(tx, id)
-	})
+	err := a.book.Delete(ctx, id)
 	if err == nil {
 		a.changes.Notify()
 	}
@@ -140,16 +44,7 @@ func (a *App) DeleteSchedule(ctx context.Context, id string) error {
 
 // RunNow starts a schedule's action at once (a manual run).
 func (a *App) RunNow(ctx context.Context, scheduleID string) (string, error) {
-	var s schedule.Schedule
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		var ok bool
-		var err error
-		s, ok, err = scheduleBucket.Get(tx, scheduleID)
-		if err == nil && !ok {
-			err = fmt.Errorf("schedule %s: %w", scheduleID, inventory.ErrNotFound)
-		}
-		return err
-	})
+	s, err := a.book.Get(ctx, scheduleID)
 	if err != nil {
 		return "", err
 	}
@@ -164,38 +59,14 @@ func (a *App) RunNow(ctx context.Context, scheduleID string) (string, error) {
 // Engine is the runs engine (for the web page and tests).
 func (a *App) Engine() *reimage.Engine { return a.engine }
 
-// fireStore keeps schedules' fire accounting in the state file.
-type fireStore struct{ st *store.Store }
-
-func (f fireStore) LastFire(ctx context.Context, id string) (time.Time, error) {
-	var t time.Time
-	err := f.st.View(ctx, func(tx *store.Tx) error {
-		var err error
-		t, _, err = fireBucket.Get(tx, id)
-		return err
-	})
-	return t, err
-}
-
-func (f fireStore) SetLastFire(ctx context.Context, id string, t time.Time) error {
-	return f.st.Update(ctx, func(tx *store.Tx) error { return fireBucket.Put(tx, id, t) })
-}
-
 // lab is reimage.Lab on the inventory and internal/seatjob.
 type lab struct{ a *App }
-
-func seatID(s inventory.Seat) string {
-	if s.Hostname != "" {
-		return s.Hostname
-	}
-	return s.MAC
-}
 
 // Seats resolves the target and each seat's SSH login once, for the run:
 // the login of the run's image, else of the seat's room, else the
 // inventory's user with pumi's key.
 func (l lab) Seats(ctx context.Context, t schedule.Target, image string) ([]reimage.Seat, error) {
-	seats, err := l.a.inv.Seats(ctx)
+	seats, err := l.a.inv.Resolve(ctx, t.Rooms, t.Seats)
 	if err != nil {
 		return nil, err
 	}
@@ -203,45 +74,21 @@ func (l lab) Seats(ctx context.Context, t schedule.Target, image string) ([]reim
 	if err != nil {
 		return nil, err
 	}
-	want := map[string]bool{}
-	for _, s := range t.Seats {
-		want[s] = true
-		if m, err := macaddr.Normalize(s); err == nil {
-			want[m] = true
-		}
-	}
-	var out []reimage.Seat
-	found := map[string]bool{}
-	for _, s := range seats {
-		if !slices.Contains(t.Rooms, s.Room) && !want[s.Hostname] && !want[s.MAC] {
-			continue
-		}
-		found[s.Hostname], found[s.MAC] = true, true
-		addr := ""
+	out := make([]reimage.Seat, len(seats))
+	for i, s := range seats {
+		out[i] = reimage.Seat{ID: cmp.Or(s.Hostname, s.MAC), Room: s.Room, MAC: s.MAC, Login: login(cfg, s, image)}
 		if s.IP.IsValid() {
-			addr = s.IP.String()
-		}
-		out = append(out, reimage.Seat{ID: seatID(s), Room: s.Room, MAC: s.MAC, Addr: addr, Login: cfg.login(s, image)})
-	}
-	for _, s := range t.Seats {
-		m, _ := macaddr.Normalize(s)
-		if !found[s] && !found[m] {
-			return nil, fmt.Errorf("seat %q: %w", s, inventory.ErrNotFound)
+			out[i].Addr = s.IP.String()
 		}
 	}
 	return out, nil
 }
 
-// login picks the SSH login of image, else of the seat's room, else the
-// inventory's user with pumi's key.
-func (c Config) login(s inventory.Seat, image string) reimage.Login {
-	for _, scope := range []struct{ kind, name string }{{"image", image}, {"room", s.Room}} {
-		if scope.name == "" {
-			continue
-		}
-		if i := slices.IndexFunc(c.SSH, func(l SSHLogin) bool { return l.Scope == scope.kind && l.Name == scope.name }); i >= 0 {
-			return reimage.Login{User: c.SSH[i].User, Secret: SSHSecretName(scope.kind, scope.name)}
-		}
+// login is the seat's SSH login for a run of image (settings.Config.Login),
+// else the inventory's user with pumi's key.
+func login(cfg settings.Config, s inventory.Seat, image string) reimage.Login {
+	if user, secret, ok := cfg.Login(s.Room, image); ok {
+		return reimage.Login{User: user, Secret: secret}
 	}
 	return reimage.Login{User: s.SSHUser}
 }
@@ -274,7 +121,7 @@ type powerAdapter struct{ a *App }
 func (p powerAdapter) target(ctx context.Context, s reimage.Seat, image string) (power.Target, error) {
 	cred := power.Credential{User: s.Login.User, UseKey: true}
 	if s.Login.Secret != "" {
-		pw, err := p.a.secret(ctx, s.Login.Secret)
+		pw, err := settings.Secret(ctx, p.a.st, s.Login.Secret)
 		if err != nil {
 			return power.Target{}, err
 		}
@@ -342,43 +189,9 @@ func (p powerAdapter) Wake(ctx context.Context, seats []reimage.Seat) error {
 	return w.Wake(ctx, macs)
 }
 
-// reporter queues a finished run's report in the durable outbox.
-type reporter struct{ a *App }
-
-func (r reporter) RunFinished(ctx context.Context, rep notify.Report, runLog []byte) error {
-	cfg, err := r.a.Config(ctx)
-	if err != nil {
-		return err
-	}
-	if cfg.Mail.Host == "" || len(cfg.Mail.To) == 0 {
-		r.a.log.Info("run finished; no mail configured, report not sent", "run", rep.RunID)
-		return nil
-	}
-	_, err = r.a.outbox.Enqueue(ctx, rep.Message(runLog))
-	return err
-}
-
-// mailer builds the SMTP client from the config and the mail secret.
-func (a *App) mailer(ctx context.Context) (notify.Mailer, error) {
-	cfg, err := a.Config(ctx)
-	if err != nil {
-		return notify.Mailer{}, err
-	}
-	if cfg.Mail.Host == "" {
-		return notify.Mailer{}, fmt.Errorf("%w: no mail server configured", errConfig)
-	}
-	pw, err := a.secret(ctx, SecretMail)
-	if err != nil {
-		return notify.Mailer{}, err
-	}
-	m := cfg.Mail
-	return notify.Mailer{Host: m.Host, Port: m.Port, Username: m.Username, Password: pw, From: m.From, To: m.To,
-		TLS: notify.TLSMode(m.TLS), CACertPEM: m.CACertPEM}, nil
-}
-
 // SendTestMail sends a short mail with the stored settings, now.
 func (a *App) SendTestMail(ctx context.Context) error {
-	m, err := a.mailer(ctx)
+	m, err := settings.Mailer(ctx, a.st)
 	if err != nil {
 		return err
 	}
@@ -395,7 +208,7 @@ func (a *App) startRuns() error {
 	a.sshKey = key
 	a.ssh = &power.Client{Key: key, HostKeys: power.NewFileHostKeyStore(filepath.Join(a.st.Dir(), "host_keys")), Log: a.log}
 	a.outbox, err = notify.OpenOutbox(filepath.Join(a.st.Dir(), "outbox"), notify.SenderFunc(func(ctx context.Context, m notify.Message) error {
-		ml, err := a.mailer(ctx)
+		ml, err := settings.Mailer(ctx, a.st)
 		if err != nil {
 			return err
 		}
@@ -404,8 +217,12 @@ func (a *App) startRuns() error {
 	if err != nil {
 		return err
 	}
-	a.engine = reimage.New(a.st, lab{a}, powerAdapter{a}, reporter{a}, a.opts.Runs, nil, a.log)
-	a.jobs, err = seatjob.New(context.Background(), seatjob.Config{Store: a.st, Log: a.log, Addr: seatAddr, Env: a.jobEnv,
+	a.engine = reimage.New(a.st, lab{a}, powerAdapter{a}, notify.RunReporter{Outbox: a.outbox, Log: a.log,
+		MailOn: func(ctx context.Context) (bool, error) {
+			cfg, err := a.Config(ctx)
+			return cfg.Mail.Host != "" && len(cfg.Mail.To) > 0, err
+		}}, a.opts.Runs, nil, a.log)
+	a.jobs, err = seatjob.New(context.Background(), seatjob.Config{Store: a.st, Log: a.log, Addr: seatjob.SeatAddr, Env: a.jobEnv,
 		LogDir: filepath.Join(a.st.Dir(), "logs"), Changed: a.engine.Poke})
 	if err != nil {
 		return err
@@ -416,7 +233,7 @@ func (a *App) startRuns() error {
 // serveRuns runs the engine, the scheduler and the outbox until ctx ends.
 func (a *App) serveRuns(ctx context.Context) {
 	cfg, _ := a.Config(ctx)
-	a.engine.Loc = cfg.location()
+	a.engine.Loc = cfg.Location()
 	go func() {
 		if err := a.engine.Run(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("runs engine stopped", "err", err)
@@ -432,7 +249,7 @@ func (a *App) serveRuns(ctx context.Context) {
 		changed := a.changes.Wait()
 		cfg, _ := a.Config(ctx)
 		sctx, stop := context.WithCancel(ctx)
-		sch := &schedule.Scheduler{Store: fireStore{a.st}, Clock: schedule.SystemClock{}, Loc: cfg.location(), Log: a.log}
+		sch := &schedule.Scheduler{Store: a.book, Clock: schedule.SystemClock{}, Loc: cfg.Location(), Log: a.log}
 		done := make(chan struct{})
 		go func() {
 			defer close(done)

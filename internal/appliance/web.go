@@ -7,11 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
-	"path/filepath"
-	"slices"
 	"sort"
-	"strings"
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/clonezilla"
@@ -19,6 +15,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/reimage"
 	"github.com/pumi-lab/pumi/internal/schedule"
+	"github.com/pumi-lab/pumi/internal/settings"
 	"github.com/pumi-lab/pumi/internal/web"
 )
 
@@ -32,7 +29,7 @@ var _ web.Backend = webBackend{}
 // page shows them beside the form.
 func invalid(err error) error {
 	var he *httpError
-	if err != nil && (errors.Is(err, errConfig) || errors.As(err, &he) && he.code < 500) {
+	if err != nil && (errors.Is(err, settings.ErrInvalid) || errors.Is(err, schedule.ErrInvalid) || errors.As(err, &he) && he.code < 500) {
 		return fmt.Errorf("%w: %v", web.ErrInvalid, err)
 	}
 	return err
@@ -43,7 +40,7 @@ func (b webBackend) Settings(ctx context.Context) (web.Settings, error) {
 	if err != nil {
 		return web.Settings{}, err
 	}
-	mailSet, err := b.a.HasSecret(ctx, SecretMail)
+	mailSet, err := settings.HasSecret(ctx, b.a.st, settings.SecretMail)
 	if err != nil {
 		return web.Settings{}, err
 	}
@@ -61,7 +58,7 @@ func (b webBackend) Settings(ctx context.Context) (web.Settings, error) {
 		s.Network.Mode = "dhcp"
 	}
 	for _, l := range cfg.SSH {
-		set, err := b.a.HasSecret(ctx, SSHSecretName(l.Scope, l.Name))
+		set, err := settings.HasSecret(ctx, b.a.st, settings.SSHSecretName(l.Scope, l.Name))
 		if err != nil {
 			return web.Settings{}, err
 		}
@@ -80,18 +77,18 @@ func (b webBackend) SetSettings(ctx context.Context, s web.Settings) error {
 	cfg.Netboot.RangeStart, cfg.Netboot.RangeEnd, cfg.Netboot.Router = s.Netboot.RangeStart, s.Netboot.RangeEnd, s.Netboot.Router
 	cfg.Repository = s.Repository
 	cfg.LiveVersion = s.Live
-	cfg.Mail = MailSettings{Host: s.Mail.Host, Port: s.Mail.Port, Username: s.Mail.Username, From: s.Mail.From,
+	cfg.Mail = settings.MailSettings{Host: s.Mail.Host, Port: s.Mail.Port, Username: s.Mail.Username, From: s.Mail.From,
 		To: s.Mail.To, TLS: s.Mail.TLS, CACertPEM: cfg.Mail.CACertPEM}
 	cfg.SSH = nil
 	for _, l := range s.SSH {
-		cfg.SSH = append(cfg.SSH, SSHLogin{Scope: l.Scope, Name: l.Name, User: l.User})
+		cfg.SSH = append(cfg.SSH, settings.SSHLogin{Scope: l.Scope, Name: l.Name, User: l.User})
 	}
 	cfg.TimeZone = s.TimeZone
 	return invalid(b.a.SetConfig(ctx, cfg))
 }
 
 func (b webBackend) SetSecret(ctx context.Context, name, value string) error {
-	return invalid(b.a.SetSecret(ctx, name, value))
+	return invalid(settings.SetSecret(ctx, b.a.st, name, value))
 }
 
 func (b webBackend) SendTestMail(ctx context.Context) error { return invalid(b.a.SendTestMail(ctx)) }
@@ -163,7 +160,7 @@ func (b webBackend) PutSchedule(ctx context.Context, s schedule.Schedule) error 
 
 func (b webBackend) DeleteSchedule(ctx context.Context, id string) error {
 	err := b.a.DeleteSchedule(ctx, id)
-	if errors.Is(err, inventory.ErrNotFound) {
+	if errors.Is(err, inventory.ErrNotFound) || errors.Is(err, schedule.ErrNotFound) {
 		err = fmt.Errorf("%w: %v", web.ErrNotFound, err)
 	}
 	return err
@@ -171,7 +168,7 @@ func (b webBackend) DeleteSchedule(ctx context.Context, id string) error {
 
 func (b webBackend) RunNow(ctx context.Context, id string) (string, error) {
 	runID, err := b.a.RunNow(ctx, id)
-	if errors.Is(err, inventory.ErrNotFound) {
+	if errors.Is(err, inventory.ErrNotFound) || errors.Is(err, schedule.ErrNotFound) {
 		err = fmt.Errorf("%w: %v", web.ErrNotFound, err)
 	}
 	return runID, invalid(err)
@@ -248,35 +245,14 @@ func (b webBackend) CancelRun(ctx context.Context, id string) error {
 // SeatLog is the seat's part of the run log followed by the Clonezilla logs
 // it uploaded during the run.
 func (b webBackend) SeatLog(ctx context.Context, runID, mac string) (io.ReadCloser, error) {
-	r, ok, err := b.a.engine.Get(ctx, runID)
-	if err != nil {
-		return nil, err
-	}
-	if !ok || !slices.ContainsFunc(r.Seats, func(s reimage.SeatRun) bool { return s.Seat.MAC == mac }) {
-		return nil, fmt.Errorf("seat %s in run %s: %w", mac, runID, web.ErrNotFound)
-	}
-	evs, err := b.a.engine.Events(ctx, runID)
-	if err != nil {
-		return nil, err
-	}
 	var buf bytes.Buffer
-	fmt.Fprintf(&buf, "pumi log of seat %s in run %s\n\n", mac, runID)
-	for _, e := range evs {
-		if e.MAC != mac {
-			continue
-		}
-		fmt.Fprintf(&buf, "%s  %-10s  attempt %d  %s\n", e.Time.UTC().Format(time.RFC3339), e.State, e.Attempt, e.Cause)
+	if err := b.a.engine.SeatLog(ctx, runID, mac, &buf); errors.Is(err, reimage.ErrNoRun) {
+		return nil, fmt.Errorf("%w: %v", web.ErrNotFound, err)
+	} else if err != nil {
+		return nil, err
 	}
-	// Clonezilla's own logs, uploaded by its postrun, are kept per job key
-	// (run ID and attempt).
-	matches, _ := filepath.Glob(filepath.Join(b.a.st.Dir(), "logs", runID+"*", strings.ReplaceAll(mac, ":", "-")+"-clonezilla-*.log"))
-	for _, m := range matches {
-		data, err := os.ReadFile(m)
-		if err != nil {
-			continue
-		}
-		fmt.Fprintf(&buf, "\n--- Clonezilla log %s ---\n", filepath.Base(filepath.Dir(m))+"/"+filepath.Base(m))
-		buf.Write(data)
+	if err := b.a.jobs.WriteLogs(&buf, runID, mac); err != nil {
+		return nil, err
 	}
 	return io.NopCloser(&buf), nil
 }

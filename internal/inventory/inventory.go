@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
 	"unicode"
@@ -368,6 +369,40 @@ func (inv *Inventory) Seats(ctx context.Context) ([]Seat, error) {
 }
 
 // SeatsInRoom lists the seats of one room, ordered by IP, then MAC.
+// Resolve returns the seats of rooms plus the seats named (by hostname or MAC
+// in any spelling), each once, in inventory order. A name that matches no
+// seat is an error wrapping ErrNotFound: a schedule must not silently shrink.
+func (inv *Inventory) Resolve(ctx context.Context, rooms, names []string) ([]Seat, error) {
+	all, err := inv.Seats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]bool{}
+	for _, n := range names {
+		want[n] = true
+		if m, err := macaddr.Normalize(n); err == nil {
+			want[m] = true
+		}
+	}
+	var out []Seat
+	found := map[string]bool{}
+	for _, s := range all {
+		if !slices.Contains(rooms, s.Room) && !want[s.Hostname] && !want[s.MAC] {
+			continue
+		}
+		found[s.Hostname], found[s.MAC] = true, true
+		out = append(out, s)
+	}
+	for _, n := range names {
+		m, _ := macaddr.Normalize(n)
+		if !found[n] && !found[m] {
+			return nil, fmt.Errorf("seat %q: %w", n, ErrNotFound)
+		}
+	}
+	return out, nil
+}
+
+// SeatsInRoom returns the seats of one room.
 func (inv *Inventory) SeatsInRoom(ctx context.Context, room string) ([]Seat, error) {
 	all, err := inv.Seats(ctx)
 	if err != nil {

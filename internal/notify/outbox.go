@@ -336,3 +336,25 @@ func (o *Outbox) Run(ctx context.Context) error {
 		t.Stop()
 	}
 }
+
+// RunReporter hands finished runs' reports to an Outbox (the runs engine's
+// Reporter): Message ID "run-<ID>-report" makes a repeated call a no-op.
+// Without mail settings a report is only logged.
+type RunReporter struct {
+	Outbox *Outbox
+	MailOn func(ctx context.Context) (bool, error) // mail settings complete?
+	Log    *slog.Logger
+}
+
+// RunFinished queues the report of a finished run.
+func (r RunReporter) RunFinished(ctx context.Context, rep Report, runLog []byte) error {
+	on, err := r.MailOn(ctx)
+	if err != nil || !on {
+		if err == nil {
+			r.Log.Info("run finished; no mail configured, report not sent", "run", rep.RunID)
+		}
+		return err
+	}
+	_, err = r.Outbox.Enqueue(ctx, rep.Message(runLog))
+	return err
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"slices"
 	"strings"
@@ -944,4 +945,27 @@ func cmpOr(a, b string) string {
 		return a
 	}
 	return b
+}
+
+// SeatLog writes the seat's part of a run's log to w; ErrNoRun if the run
+// does not exist or has no such seat.
+func (e *Engine) SeatLog(ctx context.Context, runID, mac string, w io.Writer) error {
+	r, ok, err := e.Get(ctx, runID)
+	if err != nil {
+		return err
+	}
+	if !ok || seatIndex(&r, mac) < 0 {
+		return fmt.Errorf("seat %s in run %s: %w", mac, runID, ErrNoRun)
+	}
+	evs, err := e.Events(ctx, runID)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "pumi log of seat %s in run %s\n\n", mac, runID)
+	for _, ev := range evs {
+		if ev.MAC == mac {
+			fmt.Fprintf(w, "%s  %-10s  attempt %d  %s\n", ev.Time.UTC().Format(time.RFC3339), ev.State, ev.Attempt, ev.Cause)
+		}
+	}
+	return nil
 }

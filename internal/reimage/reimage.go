@@ -27,6 +27,7 @@ package reimage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -62,6 +63,9 @@ func (s SeatState) terminalOK() bool {
 func (s SeatState) active() bool {
 	return s == Powering || s == Netbooting || s == Restoring
 }
+
+// ErrNoRun is wrapped when a run (or a seat in it) does not exist.
+var ErrNoRun = errors.New("no such run")
 
 // Seat is one lab PC as the inventory knows it, with what power and
 // verification need, resolved once when the run is created so that a seat's

@@ -361,3 +361,22 @@ func ReportedBytes(l clonezilla.StatusLine) int64 {
 	}
 	return int64(total)
 }
+
+// WriteLogs appends the Clonezilla logs that mac's seat uploaded for the jobs
+// whose key starts with keyPrefix (a run's ID: its attempts are "<run>#<n>"),
+// each under a header, to w.
+func (j *Jobs) WriteLogs(w io.Writer, keyPrefix, mac string) error {
+	matches, err := filepath.Glob(filepath.Join(j.cfg.LogDir, keyPrefix+"*", strings.ReplaceAll(mac, ":", "-")+"-clonezilla-*.log"))
+	if err != nil {
+		return err
+	}
+	for _, m := range matches {
+		data, err := os.ReadFile(m)
+		if err != nil {
+			continue
+		}
+		fmt.Fprintf(w, "\n--- Clonezilla log %s ---\n", filepath.Base(filepath.Dir(m))+"/"+filepath.Base(m))
+		w.Write(data)
+	}
+	return nil
+}

@@ -33,11 +33,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/pumi-lab/pumi/internal/clonezilla"
 	"github.com/pumi-lab/pumi/internal/history"
+	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/store"
 )
 
@@ -357,4 +362,81 @@ func newToken() (string, error) {
 		return "", fmt.Errorf("token: %w", err)
 	}
 	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+// StartAll gives seats a manual job (the API's "restore these PCs on their
+// next boot", outside any run) under one key. Everything is checked before
+// the first job is written: the action and image name, the image restorable
+// in the repository, each MAC in the inventory with an address on record, a
+// capture from exactly one seat with a disk. Refusals wrap ErrInvalid.
+func (j *Jobs) StartAll(ctx context.Context, key string, macs []string, action Action, image, disk string) ([]Job, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+	}
+	if action != Restore && action != Capture {
+		return nil, bad("action must be restore or capture")
+	}
+	if err := clonezilla.CheckImagePath(image); err != nil {
+		return nil, bad("image: %v", err)
+	}
+	if disk == "" && action == Capture {
+		return nil, bad("a capture needs the source disk (disk)")
+	}
+	if disk != "" {
+		if err := clonezilla.CheckDisk(disk); err != nil {
+			return nil, bad("disk: %v", err)
+		}
+	}
+	env, err := j.cfg.Env(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if env.Repository == "" {
+		return nil, bad("no image repository configured")
+	}
+	if action == Restore {
+		img, err := clonezilla.Inspect(ctx, env.Repository, image)
+		if err != nil {
+			return nil, bad("image %s: %v", image, err)
+		}
+		if !img.Valid {
+			return nil, bad("image %s cannot be restored: %s", image, strings.Join(img.Problems, "; "))
+		}
+	}
+	set := map[string]bool{}
+	for _, m := range macs {
+		n, err := macaddr.Normalize(m)
+		if err != nil {
+			return nil, bad("%v", err)
+		}
+		set[n] = true
+	}
+	if len(set) == 0 {
+		return nil, bad("no seats named (macs or room)")
+	}
+	if action == Capture && len(set) != 1 {
+		return nil, bad("a capture is taken from exactly one seat")
+	}
+	sorted := slices.Sorted(maps.Keys(set))
+	err = j.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		for _, m := range sorted {
+			if _, err := j.cfg.Addr(tx, m); err != nil {
+				return bad("seat %s: %v", m, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	var out []Job
+	for _, m := range sorted {
+		v, err := j.Start(ctx, Request{Key: key, MAC: m, Action: action, Image: image, Disk: disk})
+		if err != nil {
+			return out, err
+		}
+		v.Token = ""
+		out = append(out, v)
+	}
+	return out, nil
 }

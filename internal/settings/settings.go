@@ -1,15 +1,28 @@
-package appliance
+// Package settings owns the appliance's settings and secrets in the state
+// file: one Config type that the API, the pages and the appliance share, its
+// validation, and the passwords that are kept apart from it (stored 0600 with
+// the whole state file, never returned by any API, never logged).
+package settings
 
 import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/pumi-lab/pumi/internal/atomicfile"
 	"github.com/pumi-lab/pumi/internal/hostnet"
+	"github.com/pumi-lab/pumi/internal/inventory"
+	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/netboot"
+	"github.com/pumi-lab/pumi/internal/notify"
+	"github.com/pumi-lab/pumi/internal/store"
 )
 
 // Config is the appliance's settings, kept in the state file and edited
@@ -83,7 +96,8 @@ type NetbootSettings struct {
 	LeaseTime  Duration     `json:"lease_time,omitzero"`
 }
 
-var errConfig = errors.New("invalid configuration")
+// ErrInvalid is wrapped by every refusal of a setting (the API answers 400).
+var ErrInvalid = errors.New("invalid configuration")
 
 // Validate checks what can be checked without touching the network; the
 // netboot server checks the rest (interface exists, address on it) when it
@@ -149,15 +163,15 @@ func (c Config) Validate() error {
 		}
 	}
 	if len(probs) > 0 {
-		return fmt.Errorf("%w: %s", errConfig, strings.Join(probs, "; "))
+		return fmt.Errorf("%w: %s", ErrInvalid, strings.Join(probs, "; "))
 	}
 	return nil
 }
 
-// netbootConfig turns the settings into netboot's Config; seats with an IP
-// become DHCP reservations so that full mode hands each PC its inventory
-// address.
-func (c Config) netbootConfig(httpPort int, reservations []netboot.Reservation) (netboot.Config, error) {
+// NetbootConfig turns the settings into netboot's Config; seats with an IP
+// inside the lab subnet become DHCP reservations so that full mode hands each
+// PC its inventory address.
+func (c Config) NetbootConfig(httpPort int, seats []inventory.Seat) (netboot.Config, error) {
 	mode, err := netboot.ParseMode(c.Netboot.Mode)
 	if err != nil {
 		return netboot.Config{}, err
@@ -176,9 +190,10 @@ func (c Config) netbootConfig(httpPort int, reservations []netboot.Reservation) 
 		LeaseTime:  time.Duration(n.LeaseTime),
 	}
 	if mode == netboot.ModeFull {
-		for _, r := range reservations {
-			if n.Subnet.Contains(r.IP) {
-				cfg.Reservations = append(cfg.Reservations, r)
+		for _, s := range seats {
+			m, err := macaddr.Parse(s.MAC)
+			if err == nil && s.IP.IsValid() && n.Subnet.Contains(s.IP) {
+				cfg.Reservations = append(cfg.Reservations, netboot.Reservation{MAC: m, IP: s.IP, Hostname: s.Hostname})
 			}
 		}
 	}
@@ -206,4 +221,151 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// Location is the appliance's time zone (UTC when unset or unknown).
+func (c Config) Location() *time.Location {
+	if c.TimeZone == "" {
+		return time.UTC
+	}
+	if loc, err := time.LoadLocation(c.TimeZone); err == nil {
+		return loc
+	}
+	return time.UTC
+}
+
+// Login is the SSH login for a seat of room running image: the image's
+// login, else the room's, else none (ok false: pumi's own key as the
+// inventory's user). secret names the password (SSHSecretName).
+func (c Config) Login(room, image string) (user, secret string, ok bool) {
+	for _, scope := range []struct{ kind, name string }{{"image", image}, {"room", room}} {
+		if scope.name == "" {
+			continue
+		}
+		for _, l := range c.SSH {
+			if l.Scope == scope.kind && l.Name == scope.name {
+				return l.User, SSHSecretName(scope.kind, scope.name), true
+			}
+		}
+	}
+	return "", "", false
+}
+
+var (
+	configBucket = store.NewBucket[Config]("appliance-config")
+	secretBucket = store.NewBucket[string]("secrets")
+)
+
+const configKey = "config"
+
+// Load reads the settings inside tx: the zero Config (netboot off) before an
+// admin saved one.
+func Load(tx *store.Tx) (Config, error) {
+	c, _, err := configBucket.Get(tx, configKey)
+	if c.Netboot.Mode == "" {
+		c.Netboot.Mode = string(netboot.ModeOff)
+	}
+	return c, err
+}
+
+// Save validates and stores c inside tx; an invalid Config changes nothing.
+func Save(tx *store.Tx, c Config) error {
+	if c.Netboot.Mode == "" {
+		c.Netboot.Mode = string(netboot.ModeOff)
+	}
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	return configBucket.Put(tx, configKey, c)
+}
+
+// Secret names.
+const SecretMail = "mail"
+
+// SSHSecretName names the SSH password of a room or an image.
+func SSHSecretName(scope, name string) string { return "ssh:" + scope + ":" + name }
+
+// SetSecret stores (value != "") or clears (value == "") a secret.
+func SetSecret(ctx context.Context, st *store.Store, name, value string) error {
+	if name == "" || len(name) > 200 {
+		return fmt.Errorf("%w: bad secret name", ErrInvalid)
+	}
+	return st.Update(ctx, func(tx *store.Tx) error {
+		if value == "" {
+			return secretBucket.Delete(tx, name)
+		}
+		return secretBucket.Put(tx, name, value)
+	})
+}
+
+// HasSecret reports whether a secret is set, for "set"/"not set" displays.
+func HasSecret(ctx context.Context, st *store.Store, name string) (bool, error) {
+	var ok bool
+	err := st.View(ctx, func(tx *store.Tx) error {
+		var err error
+		ok, err = secretBucket.Has(tx, name)
+		return err
+	})
+	return ok, err
+}
+
+// Secret returns a secret's value ("" when unset). Callers hand it to the
+// program that needs it and never log or show it.
+func Secret(ctx context.Context, st *store.Store, name string) (string, error) {
+	var v string
+	err := st.View(ctx, func(tx *store.Tx) error {
+		var err error
+		v, _, err = secretBucket.Get(tx, name)
+		return err
+	})
+	return v, err
+}
+
+// Mailer is the SMTP client for the stored mail settings and password.
+func Mailer(ctx context.Context, st *store.Store) (notify.Mailer, error) {
+	var (
+		c   Config
+		pw  string
+		err error
+	)
+	err = st.View(ctx, func(tx *store.Tx) error {
+		if c, err = Load(tx); err != nil {
+			return err
+		}
+		pw, _, err = secretBucket.Get(tx, SecretMail)
+		return err
+	})
+	if err != nil {
+		return notify.Mailer{}, err
+	}
+	if c.Mail.Host == "" {
+		return notify.Mailer{}, fmt.Errorf("%w: no mail server configured", ErrInvalid)
+	}
+	m := c.Mail
+	return notify.Mailer{Host: m.Host, Port: m.Port, Username: m.Username, Password: pw, From: m.From, To: m.To,
+		TLS: notify.TLSMode(m.TLS), CACertPEM: m.CACertPEM}, nil
+}
+
+// LoadOrCreateToken reads the admin API token file, or (create) makes one:
+// 32 random bytes, URL-safe base64, written 0600 crash-safely.
+func LoadOrCreateToken(path string, create bool) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if t := strings.TrimSpace(string(b)); len(t) >= 32 {
+			return t, nil
+		}
+		return "", fmt.Errorf("API token file %s is damaged: delete it and restart pumi to get a new token", path)
+	}
+	if !errors.Is(err, os.ErrNotExist) || !create {
+		return "", fmt.Errorf("API token: %w", err)
+	}
+	var raw [32]byte
+	if _, err := rand.Read(raw[:]); err != nil {
+		return "", err
+	}
+	t := base64.RawURLEncoding.EncodeToString(raw[:])
+	if err := atomicfile.Write(path, []byte(t+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("API token: %w", err)
+	}
+	return t, nil
 }
