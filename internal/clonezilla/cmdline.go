@@ -158,6 +158,77 @@ func RestoreArgs(p RestoreParams) (string, error) {
 	return render(p.Common, "ro", "-e1 auto -e2 -r -j2 -k0 -scr", "restoredisk")
 }
 
+// DefaultMcastPort is Clonezilla SE's first multicast port
+// (MULTICAST_PORT in drbl-ocs.conf).
+const DefaultMcastPort = 2232
+
+// MulticastParams describe an unattended multicast_restoredisk: the
+// partition data arrives from pumi's udpcast sender (internal/udpcast), the
+// image's metadata (partition table, parts, dev-fs.list...) still comes from
+// the NFS mount like a unicast restore.
+type MulticastParams struct {
+	Common
+	// Port is the first partition's port base (--mcast-port); 0 means
+	// DefaultMcastPort.
+	//
+	// Clonezilla's client (do_multicast_udpcast_restore in ocs-functions)
+	// runs, for each partition in turn,
+	//	udp-receiver --nokbd --mcast-all-addr 224.0.0.1 --portbase $port --ttl 1 | <decompress> | partclone -r
+	// and then port += 2. The order is the image's `parts` file, skipping
+	// partitions that are LVM PVs (and LUKS), then one port per logical
+	// volume in lvm_logv.list order (swap LVs skipped). So the sender runs
+	// one session per partition on MulticastPorts(Port, n)[k], each carrying
+	// that partition's image file(s) as saved (still compressed). Between
+	// partitions the client sleeps 3 s plus a random 0..15 s (0..MaxWait-2
+	// s with MaxWait set) before its next udp-receiver starts.
+	Port int
+	// MaxWait, if > 0, is passed as --max-time-to-wait (seconds): Clonezilla
+	// then caps the random sleep between partitions at MaxWait-2 s, so a
+	// sender waiting MaxWait for the room sees every seat of the next
+	// partition.
+	MaxWait int
+}
+
+// MulticastPorts returns the port base of each of n partition sessions:
+// base, base+2, ... (the receivers use the port, the sender port+1).
+func MulticastPorts(base, n int) []int {
+	ports := make([]int, n)
+	for i := range ports {
+		ports[i] = base + 2*i
+	}
+	return ports
+}
+
+// MulticastRestoreArgs renders the line that restores p.ImagePath by
+// multicast, the way Clonezilla SE (drbl-ocs ... startdisk multicast_restore)
+// writes ocs_live_run for a Clonezilla-live client:
+//
+//	ocs-sr ... --mcast-port 2232 multicast_restoredisk IMG DEV
+//
+// with pumi's unattended options and reports as in RestoreArgs. The session
+// can carry at most 100 partitions (ports up to Port+199).
+func MulticastRestoreArgs(p MulticastParams) (string, error) {
+	if p.Disk == "" {
+		p.Disk = AutoDisk
+	}
+	port := p.Port
+	if port == 0 {
+		port = DefaultMcastPort
+	}
+	if port < 1024 || port+199 > 65535 {
+		return "", unsafe("multicast port %d is out of 1024..65336", port)
+	}
+	if p.MaxWait < 0 || p.MaxWait > 3600 {
+		return "", unsafe("multicast max wait %d s is out of 0..3600", p.MaxWait)
+	}
+	opts := "-e1 auto -e2 -r -j2 -k0 -scr"
+	if p.MaxWait > 0 {
+		opts += fmt.Sprintf(" --max-time-to-wait %d", p.MaxWait)
+	}
+	opts += fmt.Sprintf(" --mcast-port %d", port)
+	return render(p.Common, "ro", opts, "multicast_restoredisk")
+}
+
 // CaptureArgs renders the line that saves the seat's disk into p.ImagePath
 // and reboots. The NFS mount is read-write.
 func CaptureArgs(p CaptureParams) (string, error) {

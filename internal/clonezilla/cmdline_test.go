@@ -3,6 +3,7 @@ package clonezilla
 import (
 	"errors"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -272,5 +273,65 @@ func TestInitEnvCount(t *testing.T) {
 	}
 	if n := initEnvCount(`a=1 b="x=y z=w" c.d=2 e`); n != 2 {
 		t.Errorf("initEnvCount quoted = %d, want 2", n)
+	}
+}
+
+func TestMulticastRestoreArgs(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		p    func(*MulticastParams)
+		run  string // ocs_live_run's value
+		err  bool
+	}{
+		{"defaults", func(*MulticastParams) {},
+			"ocs-sr -batch -nogui -e1 auto -e2 -r -j2 -k0 -scr --mcast-port 2232 -p reboot multicast_restoredisk LAB-A-img nvme0n1", false},
+		{"port and max wait", func(p *MulticastParams) { p.Port = 2400; p.MaxWait = 20 },
+			"ocs-sr -batch -nogui -e1 auto -e2 -r -j2 -k0 -scr --max-time-to-wait 20 --mcast-port 2400 -p reboot multicast_restoredisk LAB-A-img nvme0n1", false},
+		{"nested image, first disk", func(p *MulticastParams) { p.ImagePath = "room-b/LAB-B-img"; p.Disk = "" },
+			"ocs-sr -or /home/partimag/room-b -batch -nogui -e1 auto -e2 -r -j2 -k0 -scr --mcast-port 2232 -p reboot multicast_restoredisk LAB-B-img 1st-disk", false},
+		{"privileged port", func(p *MulticastParams) { p.Port = 80 }, "", true},
+		{"port past the top", func(p *MulticastParams) { p.Port = 65400 }, "", true},
+		{"negative wait", func(p *MulticastParams) { p.MaxWait = -1 }, "", true},
+		{"unsafe disk", func(p *MulticastParams) { p.Disk = "sda;reboot" }, "", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := MulticastParams{Common: baseCommon()}
+			tc.p(&p)
+			line, err := MulticastRestoreArgs(p)
+			if tc.err {
+				if !errors.Is(err, ErrUnsafe) {
+					t.Fatalf("err %v, want ErrUnsafe; line %s", err, line)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := `ocs_live_run="` + tc.run + `"`; !strings.Contains(line, want) {
+				t.Errorf("line lacks %s\n%s", want, line)
+			}
+			// Everything else is the unicast restore's line: the metadata
+			// still comes over NFS, the reports are the same.
+			u, err := RestoreArgs(RestoreParams{p.Common})
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := p.Port
+			if port == 0 {
+				port = DefaultMcastPort
+			}
+			stripped := strings.Replace(line, fmt.Sprintf(" --mcast-port %d", port), "", 1)
+			stripped = strings.Replace(stripped, fmt.Sprintf(" --max-time-to-wait %d", p.MaxWait), "", 1)
+			stripped = strings.Replace(stripped, "multicast_restoredisk", "restoredisk", 1)
+			if stripped != u {
+				t.Errorf("multicast line differs from the unicast one beyond the verb and options:\n%s\n%s", line, u)
+			}
+			if err := CheckCmdline(line); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	if got := fmt.Sprint(MulticastPorts(2232, 3)); got != "[2232 2234 2236]" {
+		t.Errorf("ports %s", got)
 	}
 }
