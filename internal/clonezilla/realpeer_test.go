@@ -88,7 +88,7 @@ done`, "parse", cmdline).CombinedOutput()
 		"ocs_live_batch=[yes]",
 		"ocs_live_extra_param=[]",
 		"ocs_prerun1=[mount -t nfs -o vers=3,proto=tcp,port=",
-		"ocs_postrun1=[wget -q -T 20 -t 3 -O /dev/null --post-file=/var/log/clonezilla.log '" + srv.URL + "/api/v1/clonezilla/report?token=" + c.Token + "&status=finished'||true]",
+		"ocs_postrun1=[wget -q -T 20 -t 40 --waitretry=5 --retry-connrefused -O /dev/null --post-file=/var/log/clonezilla.log '" + srv.URL + "/api/v1/clonezilla/report?token=" + c.Token + "&status=finished'||true]",
 	}
 	for _, w := range want {
 		if !strings.Contains(string(out), w) {
