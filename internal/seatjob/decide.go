@@ -57,7 +57,7 @@ func (j *Jobs) Decide(ctx context.Context, m boot.Machine) (boot.Decision, error
 			refusal = "job refused: " + ErrNoAddress.Error()
 		case m.Addr.Unmap() != addr:
 			refusal = "nothing to do here"
-			j.log.Warn("boot script for a seat with a job asked from another address; refused",
+			j.refused("boot script for a seat with a job asked from another address; refused",
 				"mac", mac, "from", m.Addr, "seat_addr", addr)
 		default:
 			job = v

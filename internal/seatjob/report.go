@@ -72,7 +72,7 @@ func (j *Jobs) ReportHandler() http.Handler {
 			if errors.Is(err, ErrBadToken) || errors.Is(err, ErrNotSeat) {
 				code = http.StatusForbidden
 			}
-			j.log.Warn("clonezilla report refused", "client", client, "status", status, "err", err)
+			j.refused("clonezilla report refused", "client", client, "status", status, "err", err)
 			http.Error(w, err.Error(), code)
 			return
 		}
@@ -188,13 +188,18 @@ func (j *Jobs) saveLog(job Job, data []byte) (string, error) {
 	return filepath.Join(job.Key, name), nil
 }
 
-// ocsLimits bounds the ocs_server listener's connections and its log lines.
+// ocsLimits bounds the ocs_server listener's connections.
 type ocsLimits struct {
 	mu      sync.Mutex
 	perAddr map[netip.Addr]int
 	total   int
-	// logged/suppressed rate-limit refusal log lines: a visitor's flood
-	// costs one line per minute, with a count.
+}
+
+// warnLimit rate-limits the log lines a visitor can cause (refused boot
+// scripts, reports, 6461 lines): at most 10 a minute, then one line with the
+// count of those suppressed.
+type warnLimit struct {
+	mu          sync.Mutex
 	windowStart time.Time
 	logged      int
 	suppressed  int
@@ -222,23 +227,24 @@ func (o *ocsLimits) release(a netip.Addr) {
 	}
 }
 
-// warn logs at most 10 refusals a minute and counts the rest.
-func (j *Jobs) ocsWarn(now time.Time, msg string, args ...any) {
-	o := &j.ocs
-	o.mu.Lock()
-	if now.Sub(o.windowStart) > time.Minute {
-		if o.suppressed > 0 {
-			args = append(args, "suppressed_since_last", o.suppressed)
+// refused logs a refusal of something a client sent, rate-limited.
+func (j *Jobs) refused(msg string, args ...any) {
+	w := &j.warn
+	now := time.Now()
+	w.mu.Lock()
+	if now.Sub(w.windowStart) > time.Minute {
+		if w.suppressed > 0 {
+			args = append(args, "suppressed_since_last", w.suppressed)
 		}
-		o.windowStart, o.logged, o.suppressed = now, 0, 0
+		w.windowStart, w.logged, w.suppressed = now, 0, 0
 	}
-	if o.logged >= 10 {
-		o.suppressed++
-		o.mu.Unlock()
+	if w.logged >= 10 {
+		w.suppressed++
+		w.mu.Unlock()
 		return
 	}
-	o.logged++
-	o.mu.Unlock()
+	w.logged++
+	w.mu.Unlock()
 	j.log.Warn(msg, args...)
 }
 
@@ -264,12 +270,12 @@ func (j *Jobs) ServeOCS(ctx context.Context, l net.Listener) error {
 		}
 		from := boot.RemoteAddr(c.RemoteAddr().String())
 		if _, ok := j.byAddr(from); !ok {
-			j.ocsWarn(time.Now(), "ocs_server: connection from an address with no job; closed", "from", from)
+			j.refused("ocs_server: connection from an address with no job; closed", "from", from)
 			c.Close()
 			continue
 		}
 		if !j.ocs.acquire(from) {
-			j.ocsWarn(time.Now(), "ocs_server: too many connections; closed", "from", from)
+			j.refused("ocs_server: too many connections; closed", "from", from)
 			c.Close()
 			continue
 		}
@@ -288,11 +294,11 @@ func (j *Jobs) handleOCS(ctx context.Context, c net.Conn, from netip.Addr) {
 	for n := 0; n < ocsLinesPerConn && sc.Scan(); n++ {
 		line, err := clonezilla.ParseStatusLine(sc.Text())
 		if err != nil {
-			j.ocsWarn(time.Now(), "ocs_server: malformed status line", "from", from, "err", err)
+			j.refused("ocs_server: malformed status line", "from", from, "err", err)
 			return
 		}
 		if err := j.ocsLine(ctx, line, from); err != nil {
-			j.ocsWarn(time.Now(), "ocs_server: status line ignored", "from", from, "err", err)
+			j.refused("ocs_server: status line ignored", "from", from, "err", err)
 		}
 	}
 }

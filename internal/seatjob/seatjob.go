@@ -162,7 +162,8 @@ type Jobs struct {
 	mu  sync.RWMutex
 	idx map[netip.Addr]Job // active jobs by trusted address (NFS, 6461)
 
-	ocs ocsLimits
+	ocs  ocsLimits
+	warn warnLimit
 }
 
 // New returns the jobs of st and builds the address index.
