@@ -28,7 +28,8 @@ type SeatReport struct {
 	Attempts int
 	Started  time.Time // zero if the seat never started
 	Finished time.Time
-	Bytes    int64 // image bytes restored or captured
+	Bytes    int64  // image bytes restored or captured
+	Via      string // how the image reached the seat: multicast, unicast (why), or "" (not a restore)
 }
 
 // Report is the input of the run report mail, filled by the runs engine.
@@ -138,15 +139,16 @@ func (r Report) Text() string {
 	if len(seats) > 0 {
 		b.WriteString("\n")
 		tw := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "SEAT\tROOM\tMAC\tOUTCOME\tTRIES\tSTARTED\tDURATION\tDATA\tRATE\tREASON")
+		fmt.Fprintln(tw, "SEAT\tROOM\tMAC\tOUTCOME\tTRIES\tSTARTED\tDURATION\tDATA\tRATE\tVIA\tREASON")
 		for _, s := range seats {
 			started := "-"
 			if !s.Started.IsZero() {
 				started = s.Started.In(loc).Format("15:04:05")
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n",
 				clean(s.Seat, "-"), clean(s.Room, "-"), clean(s.MAC, "-"), clean(s.Outcome, "unknown"), s.Attempts,
-				started, dur(s.Started, s.Finished), bytesIEC(max(s.Bytes, 0)), rate(s.Bytes, s.Started, s.Finished), clean(s.Reason, "-"))
+				started, dur(s.Started, s.Finished), bytesIEC(max(s.Bytes, 0)), rate(s.Bytes, s.Started, s.Finished),
+				clean(s.Via, "-"), clean(s.Reason, "-"))
 		}
 		tw.Flush()
 	}

@@ -165,6 +165,19 @@ func (e *Engine) start(ctx context.Context, id, schedID, name string, act schedu
 			r.Seats = append(r.Seats, sr)
 			evs = append(evs, Event{MAC: s.MAC, State: sr.State, Cause: cmpOr(sr.Reason, "added to the run")})
 		}
+		if act.Kind == schedule.Restore {
+			n := 0
+			for _, sr := range r.Seats {
+				if sr.State == Pending {
+					n++
+				}
+			}
+			r.Transport = schedule.Unicast
+			if act.Multicast(n) {
+				r.Transport = schedule.Multicast
+				r.Notes = append(r.Notes, fmt.Sprintf("multicast: one stream for %d seats; a seat that misses it restores by unicast", n))
+			}
+		}
 		if err := runsB.Put(tx, id, r); err != nil {
 			return err
 		}
@@ -762,6 +775,11 @@ func (e *Engine) powerOn(r Run, s SeatRun) func(context.Context) applyFn {
 			return done("shut down over SSH", Done)
 		}
 		job := Job{Key: s.JobKey, RunID: r.ID, Seat: s.Seat, Action: r.Action, Image: r.Image}
+		if r.Transport == schedule.Multicast && s.Attempts == 1 {
+			// Only the first attempt joins the room's stream: a retry is
+			// one seat alone, and the stream has long gone.
+			job.Group = r.ID
+		}
 		if err := e.lab.StartJob(ctx, job); errors.Is(err, seatjob.ErrNoAddress) || errors.Is(err, seatjob.ErrUnknownSeat) {
 			// No retry helps: pumi would not know the seat's traffic from a
 			// visitor's until the admin records its address.
@@ -826,7 +844,7 @@ func (e *Engine) pollJob(r Run, s SeatRun) func(context.Context) applyFn {
 			e.log.Warn("unknown job state", "mac", mac, "state", js.State)
 			return nil
 		}
-		if next == s.State && js.Boots == s.Boots {
+		if next == s.State && js.Boots == s.Boots && js.Transport == s.Transport {
 			return nil
 		}
 		return func(tx *store.Tx, r *Run, now time.Time) ([]Event, error) {
@@ -834,6 +852,12 @@ func (e *Engine) pollJob(r Run, s SeatRun) func(context.Context) applyFn {
 			sr := &r.Seats[i]
 			again := js.Boots > sr.Boots && sr.Boots > 0
 			sr.Boots, sr.Bytes = js.Boots, js.Bytes
+			if js.Transport != sr.Transport && js.Transport != "" {
+				sr.Transport = js.Transport
+				if next == sr.State && !again {
+					return []Event{{MAC: mac, State: sr.State, Attempt: sr.Attempts, Cause: "restore by " + js.Transport}}, nil
+				}
+			}
 			switch {
 			case next == Failed:
 				reason := cmpOr(js.Reason, "reported failure")
@@ -935,7 +959,7 @@ func (e *Engine) Report(r Run) notify.Report {
 		}
 		rep.Seats = append(rep.Seats, notify.SeatReport{Seat: cmpOr(s.Seat.ID, s.Seat.MAC), Room: s.Seat.Room,
 			MAC: s.Seat.MAC, Outcome: out, Reason: s.Reason, Attempts: s.Attempts, Started: s.Started,
-			Finished: s.Finished, Bytes: s.Bytes})
+			Finished: s.Finished, Bytes: s.Bytes, Via: s.Transport})
 	}
 	return rep
 }

@@ -3,7 +3,9 @@ package reimage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -351,7 +353,7 @@ func TestCancelRunAndSeat(t *testing.T) {
 			t.Fatalf("%+v", s)
 		}
 	}
-	if len(r.rep.reports) != 1 || len(r.rep.reports[0].Notes) != 1 {
+	if len(r.rep.reports) != 1 || !slices.Contains(r.rep.reports[0].Notes, "cancelled by admin") {
 		t.Fatalf("%+v", r.rep.reports)
 	}
 	if _, ok, err := r.e.Get(r.ctx, "nope"); err != nil || ok {
@@ -628,5 +630,49 @@ func TestWindowClosingDuringRestoreSaysSo(t *testing.T) {
 	}
 	if !r.lab.job(mac).cancelled {
 		t.Fatal("the job was not ended")
+	}
+}
+
+// TestTransportChoice: auto is multicast from schedule.MulticastMin seats;
+// only the first attempt of a multicast run joins the stream.
+func TestTransportChoice(t *testing.T) {
+	for _, c := range []struct {
+		seats     int
+		transport schedule.Transport
+		want      schedule.Transport
+	}{
+		{2, "", schedule.Unicast},
+		{3, "", schedule.Multicast},
+		{3, schedule.Unicast, schedule.Unicast},
+		{1, schedule.Multicast, schedule.Multicast},
+	} {
+		t.Run(fmt.Sprintf("%d seats %q", c.seats, c.transport), func(t *testing.T) {
+			r := newRig(t, c.seats, fastCfg)
+			run, err := r.e.Start(r.ctx, Request{ID: "r1", Action: schedule.Action{Kind: schedule.Restore, Image: "LAB-2026-img", Transport: c.transport},
+				Target: schedule.Target{Rooms: []string{"B"}}, Window: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if run.Transport != c.want {
+				t.Fatalf("transport %q, want %q", run.Transport, c.want)
+			}
+			r.tick()
+			mac := r.lab.seats[0].MAC
+			if g := r.lab.job(mac).Group; (g != "") != (c.want == schedule.Multicast) {
+				t.Fatalf("job group %q for a %s run", g, c.want)
+			}
+			if c.want != schedule.Multicast {
+				return
+			}
+			// The seat fails (it left the stream and failed again): its retry
+			// is a job of its own.
+			r.lab.setJob(mac, seatjob.Failed, 1)
+			r.advance(time.Second)
+			r.advance(fastCfg.RetryDelay)
+			r.tick() // the old job is cancelled first, then the new one handed out
+			if j := r.lab.job(mac); j.Key != JobKey("r1", 2) || j.Group != "" {
+				t.Fatalf("retry job %+v, want attempt 2 outside the group (seat %+v)", j.Job, r.run("r1").Seats[0])
+			}
+		})
 	}
 }

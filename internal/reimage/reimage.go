@@ -98,6 +98,9 @@ type Job struct {
 	Seat   Seat                `json:"seat"`
 	Action schedule.ActionKind `json:"action"`
 	Image  string              `json:"image"`
+	// Group, if set, puts the job in the multicast session of that name
+	// (the run's ID): the seats of a group restore from one stream.
+	Group string `json:"group,omitempty"`
 }
 
 // JobKey is the key of attempt n of a run's job for one seat.
@@ -110,6 +113,9 @@ type JobState struct {
 	Boots   int       // network boots into Clonezilla for this job
 	Bytes   int64     // bytes restored or captured, if known
 	Updated time.Time // last change
+	// Transport says how the image reaches the seat: "multicast",
+	// "unicast", or "unicast (why it left the multicast session)".
+	Transport string
 }
 
 // Lab is the appliance side of runs: its inventory and the seats' jobs
@@ -231,11 +237,14 @@ type Run struct {
 	Action         schedule.ActionKind `json:"action"`
 	Image          string              `json:"image,omitempty"`
 	OnlyUnverified bool                `json:"only_unverified,omitempty"`
-	Target         schedule.Target     `json:"target"`
-	Created        time.Time           `json:"created"`
-	Deadline       time.Time           `json:"deadline"` // the window's end
-	Finished       time.Time           `json:"finished,omitzero"`
-	State          RunState            `json:"state"`
+	// Transport of a restore run: multicast or unicast, decided at its
+	// start from the schedule's choice and the number of seats.
+	Transport schedule.Transport `json:"transport,omitempty"`
+	Target    schedule.Target    `json:"target"`
+	Created   time.Time          `json:"created"`
+	Deadline  time.Time          `json:"deadline"` // the window's end
+	Finished  time.Time          `json:"finished,omitzero"`
+	State     RunState           `json:"state"`
 	// Cancelled is set by the admin; the reconciler fails what is left.
 	Cancelled string `json:"cancelled,omitempty"`
 	// Reported is set once the report was handed to the Reporter.
@@ -266,6 +275,7 @@ type SeatRun struct {
 	Phases    map[SeatState]time.Time `json:"phases,omitempty"`  // last entry into each state
 	Boots     int                     `json:"boots,omitempty"`
 	Bytes     int64                   `json:"bytes,omitempty"`
+	Transport string                  `json:"transport,omitempty"` // how the image reached it (JobState.Transport)
 	LastEvent string                  `json:"last_event,omitempty"`
 }
 

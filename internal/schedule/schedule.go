@@ -27,11 +27,41 @@ type Target struct {
 	Seats []string `json:"seats,omitempty"`
 }
 
+// Transport is how a restore carries the image to the seats.
+type Transport string
+
+const (
+	// Auto (the default, ""): multicast when at least MulticastMin seats
+	// restore the image, else unicast.
+	Auto      Transport = "auto"
+	Multicast Transport = "multicast" // one stream for the room (udpcast), unicast for stragglers
+	Unicast   Transport = "unicast"   // every seat reads its own copy over NFS
+)
+
+// MulticastMin is how many seats make Auto choose multicast: below it the
+// join wait costs more than the copies it saves.
+const MulticastMin = 3
+
 // Action is what to do when a schedule fires.
 type Action struct {
 	Kind       ActionKind `json:"kind"`
 	Image      string     `json:"image,omitempty"`       // restore, capture (name of the new image), verify (optional)
 	SourceSeat string     `json:"source_seat,omitempty"` // capture only
+	Transport  Transport  `json:"transport,omitempty"`   // restore only; "" = Auto
+}
+
+// Multicast reports whether a restore of n seats goes by multicast.
+func (a Action) Multicast(n int) bool {
+	if a.Kind != Restore || n == 0 {
+		return false
+	}
+	switch a.Transport {
+	case Multicast:
+		return true
+	case Unicast:
+		return false
+	}
+	return n >= MulticastMin
 }
 
 // Schedule is one cron-driven job. It is a plain value; the appliance stores
@@ -105,6 +135,14 @@ func (s Schedule) Validate() error {
 		bad("action: missing; use one of restore, capture, verify, wake, shutdown")
 	default:
 		bad("action %q unknown; use one of restore, capture, verify, wake, shutdown", clip(string(a.Kind)))
+	}
+	switch a.Transport {
+	case "", Auto, Multicast, Unicast:
+		if a.Transport != "" && a.Transport != Auto && a.Kind != Restore {
+			bad("%s: a transport is only for restore; clear it", a.Kind)
+		}
+	default:
+		bad("transport %q unknown; use auto, multicast or unicast", clip(string(a.Transport)))
 	}
 	if a.Kind != Capture && a.SourceSeat != "" {
 		bad("%s: a source seat is only for capture; clear it", a.Kind)

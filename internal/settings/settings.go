@@ -57,6 +57,45 @@ type Config struct {
 	TimeZone string `json:"time_zone,omitempty"`
 	// WoLGap staggers Wake-on-LAN packets between seats (default 2s).
 	WoLGap Duration `json:"wol_gap,omitzero"`
+	// Multicast tunes room restores by multicast (schedules pick the
+	// transport).
+	Multicast MulticastSettings `json:"multicast,omitzero"`
+}
+
+// MulticastSettings tune multicast sessions; zero values are the defaults.
+type MulticastSettings struct {
+	// MaxWait is how long a session waits for the seats it expects before
+	// it starts with those that joined (default 2m); the others restore by
+	// unicast.
+	MaxWait Duration `json:"max_wait,omitzero"`
+	// MaxBitrateMbit caps the stream (0: no cap), so a room restore leaves
+	// room on the school network.
+	MaxBitrateMbit int `json:"max_bitrate_mbit,omitempty"`
+	// PortBase is the first UDP port (default 2232, Clonezilla's); a session
+	// uses two ports per partition from there.
+	PortBase int `json:"port_base,omitempty"`
+}
+
+// Multicast defaults.
+const (
+	DefaultMulticastMaxWait  = 2 * time.Minute
+	DefaultMulticastPortBase = 2232
+)
+
+// Wait is MaxWait or its default.
+func (m MulticastSettings) Wait() time.Duration {
+	if m.MaxWait <= 0 {
+		return DefaultMulticastMaxWait
+	}
+	return time.Duration(m.MaxWait)
+}
+
+// Ports is PortBase or its default.
+func (m MulticastSettings) Ports() int {
+	if m.PortBase == 0 {
+		return DefaultMulticastPortBase
+	}
+	return m.PortBase
 }
 
 // MailSettings is the SMTP account without its password.
@@ -156,6 +195,15 @@ func (c Config) Validate() error {
 	}
 	if c.Mail.TLS != "" && c.Mail.TLS != "starttls" && c.Mail.TLS != "tls" {
 		probs = append(probs, "mail.tls must be starttls or tls")
+	}
+	if w := time.Duration(c.Multicast.MaxWait); w != 0 && (w < 10*time.Second || w > 30*time.Minute) {
+		probs = append(probs, "multicast.max_wait must be between 10s and 30m")
+	}
+	if c.Multicast.MaxBitrateMbit < 0 || c.Multicast.MaxBitrateMbit > 100000 {
+		probs = append(probs, "multicast.max_bitrate_mbit must be between 0 (no cap) and 100000")
+	}
+	if p := c.Multicast.PortBase; p != 0 && (p < 1024 || p > 60000) {
+		probs = append(probs, "multicast.port_base must be between 1024 and 60000")
 	}
 	for _, l := range c.SSH {
 		if (l.Scope != "room" && l.Scope != "image") || l.Name == "" || l.User == "" {
