@@ -190,6 +190,7 @@ func randReader() io.Reader { f, _ := os.Open("/dev/urandom"); return f }
 type allowAll struct{}
 
 func (allowAll) AllowClient(netip.Addr, string, bool) bool { return true }
+func (allowAll) AllowConnect(netip.Addr) bool              { return true }
 
 // serveInNS starts fn's listener inside the server namespace.
 func listenSrv(port int) (net.Listener, error) {

@@ -657,6 +657,27 @@ func (a *App) setNFSStat(s componentStatus) {
 // last network-booted with.
 type nfsAllow struct{ a *App }
 
+// AllowConnect admits a TCP connection to the NFS port only from an address
+// whose seat has an active job (restore or capture); nfsexport asks it at
+// accept, before reading anything.
+func (n nfsAllow) AllowConnect(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	allowed := false
+	err := n.a.st.View(context.Background(), func(tx *store.Tx) error {
+		return assignmentBucket.ForEach(tx, func(mac string, asg Assignment) error {
+			if !allowed && asg.Active() && n.a.seatHasIP(tx, mac, ip) {
+				allowed = true
+			}
+			return nil
+		})
+	})
+	if err != nil {
+		n.a.log.Error("nfs connect check", "err", err)
+		return false
+	}
+	return allowed
+}
+
 func (n nfsAllow) AllowClient(ip netip.Addr, export string, write bool) bool {
 	ctx := context.Background()
 	ip = ip.Unmap()

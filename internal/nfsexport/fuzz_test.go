@@ -27,7 +27,7 @@ func callRecord(xid, prog, vers, proc uint32, args []byte) []byte {
 }
 
 func malformedSeeds() [][]byte {
-	tab := newHandleTable("/images", "/nonexistent")
+	tab := newHandleTable("/images")
 	fh := tab.encode("LAB-2026-img/disk")
 	read := &xdrWriter{}
 	read.opaque(fh)
@@ -38,7 +38,7 @@ func malformedSeeds() [][]byte {
 	ren := &xdrWriter{}
 	ren.opaque(fh)
 	ren.opaque([]byte("a"))
-	ren.opaque(newHandleTable("/capture", "/nonexistent").encode(""))
+	ren.opaque(newHandleTable("/capture").encode(""))
 	ren.opaque([]byte("b"))
 
 	full := callRecord(1, progNFS, 3, procRead, read.b)
@@ -69,7 +69,7 @@ func malformedSeeds() [][]byte {
 }
 
 func FuzzDecodeHandle(f *testing.F) {
-	tab := newHandleTable("/images", f.TempDir())
+	tab := newHandleTable("/images")
 	f.Add(tab.encode(""))
 	f.Add(tab.encode("LAB-2026-img/sda1.ext4-ptcl-img.zst.aa"))
 	f.Add(tab.encode(string(bytes.Repeat([]byte("x/"), 40)) + "y"))
