@@ -12,6 +12,7 @@ const (
 	procNull        = 0
 	procRead        = 6
 	procWrite       = 7
+	procMkdir       = 9
 	procSymlink     = 10
 	procMknod       = 11
 	procRename      = 14

@@ -196,7 +196,13 @@ func (f *rootFS) MkdirAll(name string, perm os.FileMode) error {
 	if !f.writable() {
 		return errReadOnly
 	}
-	return f.er.root.MkdirAll(rootName(name), perm)
+	// go-nfs's default mode for a MKDIR without one is the decimal 755
+	// (sticky, -wxrw--wx), which os.Root rightly refuses; that one means
+	// 0o755, and only permission bits are ever passed on.
+	if perm == 755 {
+		perm = 0o755
+	}
+	return f.er.root.MkdirAll(rootName(name), perm&os.ModePerm)
 }
 
 var errNoSymlinks = errors.New("symlinks cannot be created on pumi's exports")
