@@ -155,9 +155,9 @@ func TestRecordFlood(t *testing.T) {
 			rec := make([]byte, 4+1<<20-64)
 			binary.BigEndian.PutUint32(rec, 1<<31|1<<20)
 			var (
-				wg                  sync.WaitGroup
-				mu                  sync.Mutex
-				open                []net.Conn
+				wg                sync.WaitGroup
+				mu                sync.Mutex
+				open              []net.Conn
 				dialFail, written atomic.Int64
 			)
 			readsAtFlood := reads.Load()
