@@ -194,13 +194,17 @@ func TestLibnfsReaddirLarge(t *testing.T) {
 // guestScript runs inside the QEMU guest (sourced by testvm's ProbeInit)
 // and prints NFSX-* lines for the test to check.
 const guestScript = `
-S=%[1]s; DENY=%[2]s
+S=%[1]s; DENY=%[2]s; STRANGER=%[3]s
 O=vers=3,proto=tcp,port=2049,mountport=2049,mountproto=tcp,nolock
 mkdir -p /mnt/img /mnt/rw /mnt/cap /mnt/deny
 ip addr add $DENY/24 dev $IF
 ip route add $S/32 dev $IF src $DENY
 if mount -t nfs -o $O,ro $S:/images /mnt/deny 2>/tmp/err; then echo "NFSX-DENY-MOUNTED"; umount /mnt/deny; else echo "NFSX-DENY-REFUSED $(cat /tmp/err)"; fi
 ip route del $S/32 dev $IF src $DENY
+ip addr add $STRANGER/24 dev $IF
+ip route add $S/32 dev $IF src $STRANGER
+if mount -t nfs -o $O,ro $S:/images /mnt/deny 2>/tmp/err; then echo "NFSX-STRANGER-MOUNTED"; umount /mnt/deny; else echo "NFSX-STRANGER-REFUSED $(cat /tmp/err)"; fi
+ip route del $S/32 dev $IF src $STRANGER
 if mount -t nfs -o $O,ro $S:/images /mnt/img 2>/tmp/err; then echo "NFSX-MOUNT-OK"; else echo "NFSX-MOUNT-FAILED $(cat /tmp/err)"; fi
 echo "NFSX-LS-ROOT $(ls /mnt/img | tr '\n' ' ')"
 echo "NFSX-LS-IMG $(ls /mnt/img/LAB-2026-img | tr '\n' ' ')"
@@ -237,16 +241,19 @@ func TestGuestKernelClient(t *testing.T) {
 	bigSHA := shaHex(big)
 	big = nil
 
-	const srvIP, guestIP, denyIP = "10.92.0.1", "10.92.0.2", "10.92.0.3"
+	// denyIP has a job, but not a restore: its MOUNT of /images is refused
+	// (permission denied); strangerIP has no job at all: refused at accept.
+	const srvIP, guestIP, denyIP, strangerIP = "10.92.0.1", "10.92.0.2", "10.92.0.3", "10.92.0.4"
 	initrd := testvm.BuildInitrd(t, testvm.InitrdOptions{Kernel: k,
 		Modules: append(append([]string{}, testvm.NetModules...), testvm.NFSModules...),
-		Files:   map[string]string{"/etc/pumi-test.sh": fmt.Sprintf(guestScript, srvIP, denyIP)}})
+		Files:   map[string]string{"/etc/pumi-test.sh": fmt.Sprintf(guestScript, srvIP, denyIP, strangerIP)}})
 	ns := testnet.New(t)
 	ns.Bridge("br0", srvIP+"/24")
 	tap := ns.Tap("br0")
 	allow := newAllow()
 	allow.set(guestIP, "/images", true, true) // write allowed: /images must still be ro
 	allow.set(guestIP, "/capture", true, true)
+	allow.set(denyIP, "/capture", true, true)
 
 	srv := &nsServer{t: t, ns: ns, addr: srvIP + ":2049", f: f, allow: allow}
 	var (
@@ -300,7 +307,10 @@ func TestGuestKernelClient(t *testing.T) {
 	t.Logf("guest:\n%s", strings.Join(grepLines(serial, "NFSX-"), "\n"))
 
 	if l := line("NFSX-DENY-"); !strings.HasPrefix(l, "NFSX-DENY-REFUSED") || !strings.Contains(strings.ToLower(l), "permission denied") {
-		t.Errorf("mount from %s (not in the run): %q, want permission denied", denyIP, l)
+		t.Errorf("mount of /images from %s (a capture job only): %q, want permission denied", denyIP, l)
+	}
+	if l := line("NFSX-STRANGER-"); !strings.HasPrefix(l, "NFSX-STRANGER-REFUSED") {
+		t.Errorf("mount from %s (no job): %q, want refused", strangerIP, l)
 	}
 	if line("NFSX-MOUNT-OK") == "" {
 		t.Fatalf("Clonezilla-style mount failed: %q", line("NFSX-MOUNT-FAILED"))
