@@ -12,6 +12,7 @@ import (
 	"sort"
 	"sync"
 	"testing"
+	"time"
 )
 
 // startExports serves exports on 127.0.0.1 until the test ends.
@@ -54,6 +55,9 @@ func newCaptureLab(t testing.TB) *captureLab {
 	must(t, os.WriteFile(filepath.Join(l.images, "LAB-2026-img", "sda1.ext4-ptcl-img.zst.aa"), []byte("partition"), 0o644))
 	must(t, os.MkdirAll(l.state, 0o700))
 	must(t, os.WriteFile(filepath.Join(l.state, "pumi.db"), []byte("state"), 0o600))
+	// A file with the name the race test's client writes: what an escaped
+	// WRITE or SETATTR would change.
+	must(t, os.WriteFile(filepath.Join(l.state, "f"), []byte("pumi's"), 0o600))
 	for i, ip := range []string{"127.0.0.1", "127.0.0.2"} {
 		dir := filepath.Join(l.area, fmt.Sprintf("job-%d", i+1))
 		must(t, os.MkdirAll(dir, 0o755))
@@ -148,31 +152,54 @@ func TestRenameSymlinkRace(t *testing.T) {
 		if st, _, err := writer.nfs(8, argsCreate(dK, "f")); err != nil || st != nfs3OK {
 			t.Fatalf("try %d: CREATE %s/f: status %d, %v", i, name, st, err)
 		}
+		// The writer hammers dK/f until the swap is done; the swap is a
+		// RENAME over NFS on even tries and, on odd ones, a rename on the
+		// host right before the symlink (the narrowest gap, the hardest
+		// case for a check-then-open server).
 		var wg sync.WaitGroup
-		results := make([]uint32, 4)
+		swapped := make(chan struct{})
 		wg.Go(func() {
-			results[0], _, _ = writer.nfs(procWrite, argsWrite(f, 0, stableUnstable, payload))
-			results[1], _, _ = writer.nfs(2, argsChmod(f, 0o777))
-			results[2], _, _ = writer.nfs(8, argsCreate(dK, "g"))
-			results[3], _, _ = writer.nfs(procWrite, argsWrite(f, 4096, stableFileSync, payload))
+			for n := 0; ; n++ {
+				var st uint32
+				switch n % 4 {
+				case 0, 3:
+					st, _, _ = writer.nfs(procWrite, argsWrite(f, uint64(n%4)*4096, uint32(n%3), payload))
+				case 1:
+					st, _, _ = writer.nfs(2, argsChmod(f, 0o777))
+				case 2:
+					st, _, _ = writer.nfs(8, argsCreate(dK, "g"))
+				}
+				if st == nfs3OK {
+					okWrites++
+				} else {
+					refused++
+				}
+				select {
+				case <-swapped:
+					if n > 8 {
+						return
+					}
+				default:
+				}
+			}
 		})
 		wg.Go(func() {
-			if st, _, err := renamer.nfs(procRename, argsRename(root, name, root, name+".old")); err != nil || st != nfs3OK {
-				t.Errorf("try %d: RENAME: status %d, %v", i, st, err)
+			defer close(swapped)
+			time.Sleep(time.Duration(i%7) * 50 * time.Microsecond)
+			if i%2 == 0 {
+				if st, _, err := renamer.nfs(procRename, argsRename(root, name, root, name+".old")); err != nil || st != nfs3OK {
+					t.Errorf("try %d: RENAME: status %d, %v", i, st, err)
+					return
+				}
+			} else if err := os.Rename(filepath.Join(job, name), filepath.Join(job, name+".old")); err != nil {
+				t.Errorf("try %d: %v", i, err)
 				return
 			}
-			if err := os.Symlink(targets[i%2], filepath.Join(job, name)); err != nil {
+			if err := os.Symlink(targets[(i/2)%2], filepath.Join(job, name)); err != nil {
 				t.Errorf("try %d: %v", i, err)
 			}
 		})
 		wg.Wait()
-		for _, st := range results {
-			if st == nfs3OK {
-				okWrites++
-			} else {
-				refused++
-			}
-		}
 		if i%500 == 499 || i == tries-1 {
 			if got := snapshot(t, lab.state); got != stateBefore {
 				t.Fatalf("after %d tries pumi's state directory changed:\nbefore %s\nafter  %s", i+1, stateBefore, got)
