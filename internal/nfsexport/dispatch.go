@@ -214,6 +214,9 @@ func (c *clientConn) dispatch(ctx context.Context, rec []byte, sem chan struct{}
 	case call.proc == procCommit:
 		c.commit(call.xid, er, rel)
 		return nil
+	case call.proc == procReaddir || call.proc == procReaddirPlus:
+		c.readdir(call.xid, call.proc == procReaddirPlus, er, rel, &x)
+		return nil
 	case call.proc == procFSInfo:
 		c.fsinfo(call.xid, er, rel)
 		return nil

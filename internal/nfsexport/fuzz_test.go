@@ -41,6 +41,13 @@ func malformedSeeds() [][]byte {
 	ren.opaque(newHandleTable("/capture").encode(""))
 	ren.opaque([]byte("b"))
 
+	capRoot := newHandleTable("/capture").encode("")
+	rdp := &xdrWriter{}
+	rdp.opaque(tab.encode("LAB-2026-img"))
+	rdp.u64(5)
+	rdp.u64(0x1234)
+	rdp.u32(8192)
+	rdp.u32(8192)
 	full := callRecord(1, progNFS, 3, procRead, read.b)
 	seeds := [][]byte{
 		callRecord(1, progNFS, 3, 0, nil),
@@ -48,6 +55,11 @@ func malformedSeeds() [][]byte {
 		callRecord(3, progMount, 3, mountProcExport, nil),
 		full,
 		callRecord(4, progNFS, 3, procRename, ren.b),
+		callRecord(10, progNFS, 3, procReaddirPlus, rdp.b),
+		callRecord(11, progNFS, 3, procReaddir, rdp.b[:len(rdp.b)-4]),
+		callRecord(12, progNFS, 3, procWrite, argsWrite(capRoot, 0, stableFileSync, []byte("dir"))),
+		callRecord(13, progNFS, 3, procCommit, argsCommit(capRoot)),
+		callRecord(14, progNFS, 3, 8, argsCreate(capRoot, "fuzzed")),
 		callRecord(5, progNFS, 3, 1, []byte{0, 0, 0, 64}),         // handle length without bytes
 		callRecord(6, progNFS, 3, 99, nil),                        // unknown proc
 		callRecord(7, progNFS, 2, 1, nil),                         // NFSv2

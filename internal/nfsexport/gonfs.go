@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net"
 	"net/netip"
 	"time"
@@ -22,10 +21,6 @@ import (
 type goNFSHandler struct {
 	s  *Server
 	ip netip.Addr
-	// last is the directory of the handle go-nfs resolved last: the
-	// directory listing cache keys on it, since go-nfs passes the
-	// listing's path alone.
-	last *exportRoot
 }
 
 type exportFS interface{ export() *export }
@@ -93,7 +88,6 @@ func (h *goNFSHandler) FromHandle(fh []byte) (billy.Filesystem, []string, error)
 	if _, err := er.fs.Lstat(rel); err != nil {
 		return nil, nil, fmt.Errorf("%w: %v", errStaleHandle, err)
 	}
-	h.last = er
 	return er.fs, splitRel(rel), nil
 }
 
@@ -102,21 +96,3 @@ func (h *goNFSHandler) InvalidateHandle(billy.Filesystem, []byte) error { return
 // HandleLimit only caps go-nfs's READDIR page size: handles themselves are
 // unlimited because none are stored.
 func (h *goNFSHandler) HandleLimit() int { return 1 << 20 }
-
-// VerifierFor and DataForVerifier make go-nfs serve READDIR and READDIRPLUS
-// pages after the first from a cached listing (readdir.go) instead of
-// reading, stating and sorting the whole directory for every page.
-func (h *goNFSHandler) VerifierFor(path string, contents []fs.FileInfo) uint64 {
-	return h.s.dirs.put(h.dirKey(path), contents)
-}
-
-func (h *goNFSHandler) DataForVerifier(path string, verifier uint64) []fs.FileInfo {
-	return h.s.dirs.get(h.dirKey(path), verifier)
-}
-
-func (h *goNFSHandler) dirKey(path string) string {
-	if h.last == nil {
-		return ""
-	}
-	return h.last.exp.Path + "\x00" + h.last.dir + "\x00" + path
-}
