@@ -65,11 +65,11 @@ func malformedSeeds() [][]byte {
 		callRecord(7, progNFS, 2, 1, nil),                         // NFSv2
 		callRecord(8, 12345, 1, 0, nil),                           // unknown program
 		callRecord(9, progNFS, 3, 1, []byte{0xff, 0xff, 0xff, 0}), // huge opaque length
-		full[:len(full)-3],                                        // truncated
-		{0x80, 0, 0, 0},                                           // empty last fragment
-		{0x7f, 0xff, 0xff, 0xff},                                  // 2 GiB fragment
-		{0, 0, 0, 4, 0, 0, 0, 1, 0x80, 0, 0, 4, 0, 0, 0, 1},       // two fragments, reply type
-		{0x80, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1},                   // a reply, not a call
+		full[:len(full)-3],       // truncated
+		{0x80, 0, 0, 0},          // empty last fragment
+		{0x7f, 0xff, 0xff, 0xff}, // 2 GiB fragment
+		{0, 0, 0, 4, 0, 0, 0, 1, 0x80, 0, 0, 4, 0, 0, 0, 1}, // two fragments, reply type
+		{0x80, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1},             // a reply, not a call
 	}
 	// Fragmented version of a valid READ.
 	body := full[4:]
