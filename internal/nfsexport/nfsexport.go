@@ -319,9 +319,10 @@ func (s *Server) Serve(ctx context.Context, l net.Listener) error {
 // a log flood.
 func (s *Server) admit(ip netip.Addr) bool {
 	reason := ""
+	jobless := !s.allow.AllowConnect(ip) // outside connMu: it may read the state file
 	s.connMu.Lock()
 	switch {
-	case !s.allow.AllowConnect(ip):
+	case jobless:
 		reason = "no active job for this address"
 	case s.total >= s.maxConns:
 		reason = "too many connections in total"
