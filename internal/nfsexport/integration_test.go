@@ -8,9 +8,11 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +33,9 @@ type nsServer struct {
 	f     fixture
 	allow Allow
 	hook  func(exportPath, rel string, off uint64)
+	// capIPs, if set, serves /capture per client (Export.DirFor): these
+	// addresses get f.capture, every other one no /capture at all.
+	capIPs []string
 
 	mu       sync.Mutex
 	stopFn   func()
@@ -39,10 +44,14 @@ type nsServer struct {
 
 func (n *nsServer) start() {
 	n.t.Helper()
-	s, err := New(Config{Exports: []Export{
-		{Path: "/images", Dir: n.f.images},
-		{Path: "/capture", Dir: n.f.capture, Writable: true},
-	}}, n.allow, testLogger(n.t))
+	capture := Export{Path: "/capture", Dir: n.f.capture, Writable: true}
+	if n.capIPs != nil {
+		capture.Dir = ""
+		capture.DirFor = func(ip netip.Addr) (string, bool) {
+			return n.f.capture, slices.Contains(n.capIPs, ip.String())
+		}
+	}
+	s, err := New(Config{Exports: []Export{{Path: "/images", Dir: n.f.images}, capture}}, n.allow, testLogger(n.t))
 	must(n.t, err)
 	s.readHook = n.hook
 	var l net.Listener
@@ -95,7 +104,7 @@ func TestLibnfsClient(t *testing.T) {
 	allow := newAllow()
 	allow.set("10.91.0.2", "/images", true, false)
 	allow.set("10.91.0.2", "/capture", true, true)
-	srv := &nsServer{t: t, ns: ns, addr: "10.91.0.1:2049", f: f, allow: allow}
+	srv := &nsServer{t: t, ns: ns, addr: "10.91.0.1:2049", f: f, allow: allow, capIPs: []string{"10.91.0.2"}}
 	srv.start()
 	t.Cleanup(srv.stop)
 
@@ -255,7 +264,7 @@ func TestGuestKernelClient(t *testing.T) {
 	allow.set(guestIP, "/capture", true, true)
 	allow.set(denyIP, "/capture", true, true)
 
-	srv := &nsServer{t: t, ns: ns, addr: srvIP + ":2049", f: f, allow: allow}
+	srv := &nsServer{t: t, ns: ns, addr: srvIP + ":2049", f: f, allow: allow, capIPs: []string{guestIP}}
 	var (
 		restartOnce sync.Once
 		restarted   = make(chan struct{})
