@@ -129,7 +129,28 @@ func (rootFile) Lock() error   { return billy.ErrNotSupported }
 func (rootFile) Unlock() error { return billy.ErrNotSupported }
 
 func (f *rootFS) Create(name string) (billy.File, error) {
-	return f.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+	fl, err := f.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.syncParent(name); err != nil {
+		fl.Close()
+		return nil, err
+	}
+	return fl, nil
+}
+
+// syncParent fsyncs the directory holding name: NFSv3 wants CREATE,
+// MKDIR, REMOVE and RENAME on stable storage before they are answered (go-nfs
+// does them through this file system and syncs nothing), so a capture's
+// names survive a power cut as its COMMITted data does.
+func (f *rootFS) syncParent(name string) error {
+	d, err := f.er.root.Open(path.Dir(rootName(name)))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 func (f *rootFS) Open(name string) (billy.File, error) {
@@ -154,14 +175,23 @@ func (f *rootFS) Rename(from, to string) error {
 	if !f.writable() {
 		return errReadOnly
 	}
-	return f.er.root.Rename(rootName(from), rootName(to))
+	if err := f.er.root.Rename(rootName(from), rootName(to)); err != nil {
+		return err
+	}
+	if err := f.syncParent(to); err != nil {
+		return err
+	}
+	return f.syncParent(from)
 }
 
 func (f *rootFS) Remove(name string) error {
 	if !f.writable() {
 		return errReadOnly
 	}
-	return f.er.root.Remove(rootName(name))
+	if err := f.er.root.Remove(rootName(name)); err != nil {
+		return err
+	}
+	return f.syncParent(name)
 }
 
 func (f *rootFS) Join(elem ...string) string { return path.Join(elem...) }
@@ -202,7 +232,10 @@ func (f *rootFS) MkdirAll(name string, perm os.FileMode) error {
 	if perm == 755 {
 		perm = 0o755
 	}
-	return f.er.root.MkdirAll(rootName(name), perm&os.ModePerm)
+	if err := f.er.root.MkdirAll(rootName(name), perm&os.ModePerm); err != nil {
+		return err
+	}
+	return f.syncParent(name)
 }
 
 var errNoSymlinks = errors.New("symlinks cannot be created on pumi's exports")
