@@ -36,6 +36,7 @@ type nsServer struct {
 	// capIPs, if set, serves /capture per client (Export.DirFor): these
 	// addresses get f.capture, every other one no /capture at all.
 	capIPs []string
+	stable func(exportPath, rel string, committed uint32)
 
 	mu       sync.Mutex
 	stopFn   func()
@@ -54,6 +55,7 @@ func (n *nsServer) start() {
 	s, err := New(Config{Exports: []Export{{Path: "/images", Dir: n.f.images}, capture}}, n.allow, testLogger(n.t))
 	must(n.t, err)
 	s.readHook = n.hook
+	s.stableHook = n.stable
 	var l net.Listener
 	must(n.t, doIn(n.ns, func() (err error) { l, err = net.Listen("tcp", n.addr); return err }))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -265,6 +267,19 @@ func TestGuestKernelClient(t *testing.T) {
 	allow.set(denyIP, "/capture", true, true)
 
 	srv := &nsServer{t: t, ns: ns, addr: srvIP + ":2049", f: f, allow: allow, capIPs: []string{guestIP}}
+	// The kernel writes saved.img UNSTABLE and makes it durable with
+	// COMMIT (cp && sync): count what reached the disk how.
+	var (
+		stableMu sync.Mutex
+		stable   = map[uint32]int{}
+	)
+	srv.stable = func(exp, rel string, committed uint32) {
+		if exp == "/capture" && rel == "saved.img" {
+			stableMu.Lock()
+			stable[committed]++
+			stableMu.Unlock()
+		}
+	}
 	var (
 		restartOnce sync.Once
 		restarted   = make(chan struct{})
@@ -344,6 +359,15 @@ func TestGuestKernelClient(t *testing.T) {
 	if err != nil || capLine != "NFSX-CAPTURE "+shaHex(got) || len(got) != 64*64<<10 {
 		t.Errorf("capture: guest says %q, host file %d bytes sha %s (err %v)", capLine, len(got), shaHex(got), err)
 	}
+	stableMu.Lock()
+	t.Logf("saved.img: %d UNSTABLE WRITEs, %d FILE_SYNC WRITEs, %d COMMITs", stable[stableUnstable], stable[stableFileSync], stable[stableCommit])
+	if stable[stableCommit] == 0 && stable[stableUnstable] > 0 {
+		t.Errorf("the kernel wrote saved.img UNSTABLE but no COMMIT reached pumi")
+	}
+	if stable[stableCommit]+stable[stableFileSync] == 0 {
+		t.Errorf("nothing of saved.img was made durable (no FILE_SYNC WRITE, no COMMIT)")
+	}
+	stableMu.Unlock()
 	// Clonezilla's ocs_repository="nfs://..." mount (-o noatime,nfsvers=3):
 	// no ports given, both found through pumi's portmapper. nolock is
 	// added only because this guest has no rpcbind of its own, which the

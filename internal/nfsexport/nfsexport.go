@@ -136,8 +136,11 @@ type Server struct {
 	serving int // running Serve calls; the file cache is closed after the last
 	bufPool sync.Pool
 
-	// readHook, when set (tests only), sees every READ before it is served.
-	readHook func(exportPath, rel string, off uint64)
+	// readHook, when set (tests only), sees every READ before it is served;
+	// stableHook sees every WRITE reply's committed level and every COMMIT
+	// (stableCommit) after its fsyncs.
+	readHook   func(exportPath, rel string, off uint64)
+	stableHook func(exportPath, rel string, committed uint32)
 }
 
 type export struct {

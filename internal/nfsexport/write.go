@@ -25,6 +25,7 @@ import (
 const (
 	stableUnstable = 0
 	stableFileSync = 2
+	stableCommit   = 100 // stableHook's value for a COMMIT
 
 	nfs3ErrFBig  = 27
 	nfs3ErrNoSpc = 28
@@ -111,6 +112,9 @@ func (c *clientConn) write(xid uint32, er *exportRoot, rel string, off uint64, s
 		fail(nfs3ErrIO)
 		return
 	}
+	if c.s.stableHook != nil {
+		c.s.stableHook(er.exp.Path, rel, committed)
+	}
 	w := replyHeader(xid, acceptSuccess)
 	w.u32(nfs3OK)
 	w.u32(0) // pre_op_attr: none
@@ -151,6 +155,9 @@ func (c *clientConn) commit(xid uint32, er *exportRoot, rel string) {
 			fail(writeStatus(err))
 			return
 		}
+	}
+	if c.s.stableHook != nil {
+		c.s.stableHook(er.exp.Path, rel, stableCommit)
 	}
 	w := replyHeader(xid, acceptSuccess)
 	w.u32(nfs3OK)
