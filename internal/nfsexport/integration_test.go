@@ -179,7 +179,11 @@ func TestLibnfsReaddirLarge(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
-	for run := range 2 {
+	// Three runs, the best must be under 2 s: on an idle machine each takes
+	// about 0.4 s, but this machine is shared and a load spike can stall any
+	// one run; a server without the listing cache needs minutes for every one.
+	best := time.Duration(0)
+	for run := range 3 {
 		start := time.Now()
 		out, err := seat.Output(ctx, "nfs-ls", "nfs://10.94.0.1/images/many?version=3&nfsport=2049&mountport=2049")
 		took := time.Since(start)
@@ -196,9 +200,12 @@ func TestLibnfsReaddirLarge(t *testing.T) {
 			t.Fatalf("nfs-ls listed %d of %d entries", got, n)
 		}
 		t.Logf("FIGURE nfs-ls of %d entries (run %d): %v", n, run+1, took.Round(time.Millisecond))
-		if took > 2*time.Second {
-			t.Errorf("nfs-ls of %d entries took %v, want under 2 s", n, took)
+		if best == 0 || took < best {
+			best = took
 		}
+	}
+	if best > 2*time.Second {
+		t.Errorf("nfs-ls of %d entries took at best %v, want under 2 s", n, best)
 	}
 }
 
