@@ -364,3 +364,47 @@ func TestWriteStability(t *testing.T) {
 		t.Errorf("two servers gave the same write verifier: a restart would not make clients resend")
 	}
 }
+
+// TestConnectionCaps: connections beyond MaxConnsPerAddr from one address,
+// or beyond MaxConns in total, are closed at accept; a slot frees when a
+// connection ends.
+func TestConnectionCaps(t *testing.T) {
+	lab := newCaptureLab(t, "")
+	allow := newAllow()
+	for _, ip := range []string{"127.0.0.2", "127.0.0.3", "127.0.0.5"} {
+		allow.set(ip, "/images", true, false)
+	}
+	cfg := lab.config()
+	cfg.MaxConnsPerAddr, cfg.MaxConns = 3, 5
+	addr := startExports(t, cfg, allow)
+	null := func(c *rawClient) error { _, err := c.call(progNFS, procNull, nil); return err }
+	var held []*rawClient
+	for i, from := range []string{"127.0.0.2", "127.0.0.2", "127.0.0.2", "127.0.0.3", "127.0.0.3"} {
+		c := dialRaw(t, addr, from)
+		if err := null(c); err != nil {
+			t.Fatalf("connection %d from %s: %v", i+1, from, err)
+		}
+		held = append(held, c)
+	}
+	for _, tc := range []struct{ name, from string }{
+		{"fourth from one address", "127.0.0.2"},
+		{"sixth in total", "127.0.0.5"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := null(dialRaw(t, addr, tc.from)); err == nil {
+				t.Errorf("answered beyond the cap")
+			}
+		})
+	}
+	held[0].c.Close()
+	var err error
+	for range 50 { // the server notices the close asynchronously
+		if err = null(dialRaw(t, addr, "127.0.0.5")); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Errorf("no slot after a connection ended: %v", err)
+	}
+}
