@@ -2,6 +2,7 @@ package nfsexport
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,5 +207,61 @@ func TestRecordFlood(t *testing.T) {
 				t.Errorf("server peak RSS %d MiB, want under 64 MiB", hwm>>10)
 			}
 		})
+	}
+}
+
+// TestRecordMemoryBudget: a client that starts a large WRITE and stalls
+// holds record memory only until its record deadline; another client's
+// WRITE that needs that memory waits, then goes through.
+func TestRecordMemoryBudget(t *testing.T) {
+	lab := newCaptureLab(t, "")
+	allow := newAllow()
+	allow.set("127.0.0.1", "/capture", true, true)
+	allow.set("127.0.0.2", "/capture", true, true)
+	cfg := lab.config()
+	cfg.RecordMemory = 128 << 10 // two units beyond the free 64 KiB
+	s, err := New(cfg, allow, testLogger(t))
+	must(t, err)
+	s.recordTime = time.Second
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	must(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, l) }()
+	t.Cleanup(func() { cancel(); <-done })
+	addr := l.Addr().String()
+	tab := newHandleTable("/capture")
+
+	// The staller: a 1 MiB record header and 250 KiB of it.
+	staller := dialRaw(t, addr, "127.0.0.1")
+	hdr := binary.BigEndian.AppendUint32(nil, 1<<31|1<<20)
+	_, err = staller.c.Write(append(hdr, make([]byte, 250<<10)...))
+	must(t, err)
+	time.Sleep(200 * time.Millisecond) // let the server take both units
+
+	// The writer (in its own job folder) needs both units for 150 KiB.
+	w := dialRaw(t, addr, "127.0.0.2")
+	if st, _, err := w.nfs(8, argsCreate(tab.encode(""), "part")); err != nil || st != nfs3OK {
+		t.Fatalf("CREATE: status %d, %v", st, err)
+	}
+	start := time.Now()
+	data := bytes.Repeat([]byte("p"), 150<<10)
+	st, _, err := w.nfs(procWrite, argsWrite(tab.encode("part"), 0, stableFileSync, data))
+	waited := time.Since(start)
+	if err != nil || st != nfs3OK {
+		t.Fatalf("150 KiB WRITE while another client holds the budget: status %d, %v", st, err)
+	}
+	got, err := os.ReadFile(filepath.Join(lab.jobs[netip.MustParseAddr("127.0.0.2")], "part"))
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("written file: %d bytes, %v", len(got), err)
+	}
+	// The staller's connection was dropped at its record deadline.
+	_ = staller.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := staller.c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("the stalled connection is still open (read %d bytes)", n)
+	}
+	t.Logf("the WRITE waited %v for record memory (the staller's deadline: 1 s)", waited.Round(time.Millisecond))
+	if waited < 300*time.Millisecond {
+		t.Errorf("the WRITE did not wait for the budget (%v): the staller held nothing?", waited)
 	}
 }

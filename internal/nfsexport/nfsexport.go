@@ -124,7 +124,8 @@ type Server struct {
 	budget     *memBudget
 	workers    int
 	goNFSReads bool
-	verf       [8]byte // write verifier: new for every Server, so a restart makes clients resend
+	verf       [8]byte       // write verifier: new for every Server, so a restart makes clients resend
+	recordTime time.Duration // recordTimeout; shorter in tests
 
 	maxConns, maxPerAddr int
 	connMu               sync.Mutex
@@ -173,6 +174,7 @@ func New(cfg Config, allow Allow, log *slog.Logger) (*Server, error) {
 		maxConns:   cfg.MaxConns,
 		maxPerAddr: cfg.MaxConnsPerAddr,
 		perAddr:    map[netip.Addr]int{},
+		recordTime: recordTimeout,
 	}
 	if s.workers <= 0 {
 		s.workers = 8
@@ -425,7 +427,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn, ip netip.Addr) {
 			c.dropped(ctx, err)
 			return
 		}
-		deadline := time.Now().Add(recordTimeout)
+		deadline := time.Now().Add(s.recordTime)
 		_ = nc.SetReadDeadline(deadline)
 		rec, err := readRecord(br, func(newCap int) error {
 			need := budgetUnits(newCap-recordChunk) - held
