@@ -6,6 +6,11 @@
 //
 //	go run ./bench/nfs -out bench/nfs/RESULTS.md
 //
+// With -readdir N it measures directory listing instead: libnfs nfs-ls of a
+// directory of N empty files, pumi against ganesha:
+//
+//	go run ./bench/nfs -readdir 20000 -out bench/nfs/READDIR.md
+//
 // Debian packages: nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils iproute2.
 // Everything it starts runs inside its own namespaces and is stopped at the
 // end; the data files are kept in -dir for the next run.
@@ -63,6 +68,7 @@ func main() {
 	only := flag.String("servers", "ganesha,pumi,gonfs", "servers to measure")
 	links := flag.String("links", "none,1gbit", "link shapes to measure (none, or a tc rate)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of this process (which hosts pumi's server) here")
+	readdir := flag.Int("readdir", 0, "measure nfs-ls of a directory with this many entries instead of reads")
 	flag.Parse()
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -76,7 +82,11 @@ func main() {
 		}
 		defer pprof.StopCPUProfile()
 	}
-	if err := run(*size, *shapedSize, *dir, *out, *readers, *only, *links); err != nil {
+	run := func() error { return run(*size, *shapedSize, *dir, *out, *readers, *only, *links) }
+	if *readdir > 0 {
+		run = func() error { return runReaddir(*readdir, *dir, *out) }
+	}
+	if err := run(); err != nil {
 		pprof.StopCPUProfile()
 		fmt.Fprintln(os.Stderr, "nfs bench:", err)
 		os.Exit(1)
@@ -190,6 +200,7 @@ func randReader() io.Reader { f, _ := os.Open("/dev/urandom"); return f }
 type allowAll struct{}
 
 func (allowAll) AllowClient(netip.Addr, string, bool) bool { return true }
+func (allowAll) AllowConnect(netip.Addr) bool              { return true }
 
 // serveInNS starts fn's listener inside the server namespace.
 func listenSrv(port int) (net.Listener, error) {
@@ -446,4 +457,86 @@ func writeResults(path, table string, size, shapedSize int64) error {
 	fmt.Fprintf(&b, "Unshaped file %d MiB, shaped file %d MiB. Shaping: `tc qdisc add dev <server veth> root tbf rate 1gbit burst 1mb latency 50ms` (server → client).\n\n", size>>20, shapedSize>>20)
 	b.WriteString(table)
 	return os.WriteFile(path, []byte(b.String()), 0o644)
+}
+
+// runReaddir times libnfs nfs-ls of a directory of n empty files on pumi
+// and on ganesha, three times each, and reports pumi's time as a ratio of
+// ganesha's.
+func runReaddir(n int, dir, out string) error {
+	if os.Geteuid() != 0 {
+		return errors.New("needs root (network namespaces)")
+	}
+	for _, p := range []string{"nfs-ls", "ganesha.nfsd", "rpcbind", "rpcinfo", "ip"} {
+		if _, err := exec.LookPath(p); err != nil {
+			return fmt.Errorf("%s not found: apt-get install nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils iproute2", p)
+		}
+	}
+	data := filepath.Join(dir, "data")
+	work := filepath.Join(dir, "work")
+	name := fmt.Sprintf("dir-%d", n)
+	many := filepath.Join(data, name)
+	if err := os.MkdirAll(many, 0o755); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(work, 0o755); err != nil {
+		return err
+	}
+	for i := range n {
+		f, err := os.OpenFile(filepath.Join(many, fmt.Sprintf("entry-%06d.ptcl", i)), os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			return err
+		}
+		f.Close()
+	}
+	if err := netUp(); err != nil {
+		return err
+	}
+	defer netDown()
+	servers := []*server{ganeshaServer(data, work), pumiServer(data)}
+	for _, s := range servers {
+		if err := s.start(); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		defer s.end()
+	}
+	var rep strings.Builder
+	fmt.Fprintf(&rep, "| entries | server | run | time | vs ganesha (time) |\n|---|---|---|---|---|\n")
+	best := map[string]time.Duration{}
+	for run := 1; run <= 3; run++ {
+		for _, s := range servers {
+			start := time.Now()
+			c := exec.Command("ip", "netns", "exec", nsCli, "nfs-ls", s.url(name))
+			outb, err := c.Output()
+			d := time.Since(start)
+			if err != nil {
+				return fmt.Errorf("%s: nfs-ls: %w", s.name, err)
+			}
+			if got := bytes.Count(outb, []byte("entry-")); got != n {
+				return fmt.Errorf("%s: nfs-ls listed %d of %d entries", s.name, got, n)
+			}
+			if b, ok := best[s.name]; !ok || d < b {
+				best[s.name] = d
+			}
+			ratio := "-"
+			if g := best["nfs-ganesha (VFS)"]; g > 0 && s.name != "nfs-ganesha (VFS)" {
+				ratio = fmt.Sprintf("%.2f×", d.Seconds()/g.Seconds())
+			}
+			fmt.Fprintf(os.Stderr, "%s run %d: %v\n", s.name, run, d)
+			fmt.Fprintf(&rep, "| %d | %s | %d | %.3f s | %s |\n", n, s.name, run, d.Seconds(), ratio)
+		}
+	}
+	fmt.Print(rep.String())
+	if out == "" {
+		return nil
+	}
+	host, _ := os.Hostname()
+	var b strings.Builder
+	fmt.Fprintf(&b, "# NFS directory listing benchmark: pumi vs nfs-ganesha\n\n")
+	fmt.Fprintf(&b, "Command: `go run ./bench/nfs -readdir %d -out %s` (root; Debian nfs-ganesha nfs-ganesha-vfs rpcbind libnfs-utils iproute2).\n\n", n, out)
+	fmt.Fprintf(&b, "Run %s on %s, %d CPUs, %s. Server and client in two network namespaces joined by a veth; the client is libnfs "+
+		"`nfs-ls URL` (READDIRPLUS, NFSv3/TCP) of a directory of %d empty files; the servers alternate, three runs each; "+
+		"the ratio is this run's time over ganesha's best time so far (below 1: pumi is faster).\n\n",
+		time.Now().UTC().Format("2006-01-02 15:04 MST"), host, runtime.NumCPU(), runtime.Version(), n)
+	b.WriteString(rep.String())
+	return os.WriteFile(out, []byte(b.String()), 0o644)
 }

@@ -388,7 +388,7 @@ func (a *App) superviseNFS(ctx context.Context, l net.Listener) {
 			}
 			return []nfsexport.Export{
 				{Path: seatjob.ExportImages, Dir: cfg.Repository},
-				{Path: seatjob.ExportCapture, Dir: cfg.Repository, Writable: true},
+				{Path: seatjob.ExportCapture, Writable: true, DirFor: a.jobs.CaptureDir},
 			}, nil
 		},
 		Report: a.reporter(&a.nfsStat, fmt.Sprintf("(%s read-only, %s for captures, port %d)", seatjob.ExportImages, seatjob.ExportCapture, a.nfsPort))}

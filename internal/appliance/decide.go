@@ -21,12 +21,11 @@ func (a *App) jobEnv(ctx context.Context) (seatjob.Env, error) {
 	if err != nil {
 		return seatjob.Env{}, err
 	}
-	base, server, err := a.httpBase(cfg)
-	if err != nil {
-		return seatjob.Env{}, err
-	}
-	return seatjob.Env{Base: base, Server: server, NFSPort: a.nfsPort, Live: cfg.LiveVersion,
-		Repository: cfg.Repository, Console: cfg.Console}, nil
+	env := seatjob.Env{NFSPort: a.nfsPort, Live: cfg.LiveVersion, Repository: cfg.Repository, Console: cfg.Console}
+	// Without a lab address the repository is still known (captures' NFS
+	// folders); only a boot cannot be rendered.
+	env.Base, env.Server, err = a.httpBase(cfg)
+	return env, err
 }
 
 // admission lets only inventory MACs get a PXE answer and notes every PXE

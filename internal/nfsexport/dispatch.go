@@ -11,6 +11,10 @@ import (
 const (
 	procNull        = 0
 	procRead        = 6
+	procWrite       = 7
+	procMkdir       = 9
+	procSymlink     = 10
+	procMknod       = 11
 	procRename      = 14
 	procLink        = 15
 	procFSInfo      = 19
@@ -24,6 +28,7 @@ const (
 	nfs3ErrStale    = 70
 	nfs3ErrBadHndl  = 10001
 	nfs3ErrIO       = 5
+	nfs3ErrNotSupp  = 10004
 	mnt3OK          = 0
 	mnt3ErrNoEnt    = 2
 	mnt3ErrAcces    = 13
@@ -109,13 +114,20 @@ func (c *clientConn) dispatch(ctx context.Context, rec []byte, sem chan struct{}
 		return nil
 	}
 
+	if call.proc != procWrite && len(rec) > recordChunk {
+		// Only WRITE carries bulk data; anything else this large is not a
+		// real call and is not handed to go-nfs.
+		c.reply(call.xid, acceptGarbageArgs)
+		return nil
+	}
+
 	x := xdrReader{b: call.args}
 	fh := x.opaque(maxHandle)
 	if x.err != nil {
 		c.reply(call.xid, acceptGarbageArgs)
 		return nil
 	}
-	exp, rel, status := c.s.resolve(fh)
+	exp, d, status := c.s.decode(fh)
 	if status != nfs3OK {
 		c.nfsFail(call.xid, call.proc, status)
 		return nil
@@ -130,18 +142,35 @@ func (c *clientConn) dispatch(ctx context.Context, rec []byte, sem chan struct{}
 		c.nfsFail(call.xid, call.proc, nfs3ErrROFS)
 		return nil
 	}
-	if call.proc == procRename || call.proc == procLink {
+	er, status := c.s.rootFor(exp, c.ip)
+	if status != nfs3OK {
+		c.log.Warn("nfs: no export directory for this client", "export", exp.Path, "proc", call.proc)
+		c.nfsFail(call.xid, call.proc, status)
+		return nil
+	}
+	rel, status := c.s.relIn(exp, d, er)
+	if status != nfs3OK {
+		c.nfsFail(call.xid, call.proc, status)
+		return nil
+	}
+	switch call.proc {
+	case procSymlink, procMknod, procLink:
+		// A capture is plain files in a folder. Symlinks are what path
+		// escapes are built from; device nodes and hard links (to a file
+		// the client should not reach) have no use here either.
+		c.nfsFail(call.xid, call.proc, nfs3ErrNotSupp)
+		return nil
+	}
+	if call.proc == procRename {
 		// The second handle must be in the same export: no moving files
 		// between the repository and the capture area behind Allow's back.
-		if call.proc == procRename {
-			x.opaque(maxNameLen) // from name
-		}
+		x.opaque(maxNameLen) // from name
 		fh2 := x.opaque(maxHandle)
 		if x.err != nil {
 			c.reply(call.xid, acceptGarbageArgs)
 			return nil
 		}
-		exp2, _, st2 := c.s.resolve(fh2)
+		exp2, _, st2 := c.s.decode(fh2)
 		if st2 != nfs3OK {
 			c.nfsFail(call.xid, call.proc, st2)
 			return nil
@@ -168,31 +197,54 @@ func (c *clientConn) dispatch(ctx context.Context, rec []byte, sem chan struct{}
 		reads.Add(1)
 		go func() {
 			defer func() { <-sem; reads.Done() }()
-			c.read(call.xid, exp, rel, off, count)
+			c.read(call.xid, er, rel, off, count)
 		}()
 		return nil
+	case call.proc == procWrite:
+		off := x.u64()
+		x.u32() // count: the data's own length is what is written
+		stable := x.u32()
+		data := x.opaque(rtmax)
+		if x.err != nil {
+			c.reply(call.xid, acceptGarbageArgs)
+			return nil
+		}
+		c.write(call.xid, er, rel, off, stable, data)
+		return nil
+	case call.proc == procCommit:
+		c.commit(call.xid, er, rel)
+		return nil
+	case call.proc == procReaddir || call.proc == procReaddirPlus:
+		c.readdir(call.xid, call.proc == procReaddirPlus, er, rel, &x)
+		return nil
 	case call.proc == procFSInfo:
-		c.fsinfo(call.xid, exp, rel)
+		c.fsinfo(call.xid, er, rel)
 		return nil
 	}
 	return c.forward(ctx, rec)
 }
 
-// resolve maps a handle to its export and path, or to an NFS error status.
-func (s *Server) resolve(fh []byte) (*export, string, uint32) {
+// decode maps a handle to its export, or to an NFS error status. A hashed
+// handle's path is found by relIn, once the client's directory is known.
+func (s *Server) decode(fh []byte) (*export, decodedHandle, uint32) {
 	d, err := decodeHandle(fh)
 	if err != nil {
-		return nil, "", nfs3ErrBadHndl
+		return nil, d, nfs3ErrBadHndl
 	}
 	exp := s.byTag[d.tag]
 	if exp == nil {
-		return nil, "", nfs3ErrStale
+		return nil, d, nfs3ErrStale
 	}
-	rel, err := exp.table.resolve(d)
+	return exp, d, nfs3OK
+}
+
+// relIn returns the path a decoded handle of exp names in er.
+func (s *Server) relIn(exp *export, d decodedHandle, er *exportRoot) (string, uint32) {
+	rel, err := exp.table.resolve(d, er.root)
 	if err != nil {
-		return nil, "", nfs3ErrStale
+		return "", nfs3ErrStale
 	}
-	return exp, rel, nfs3OK
+	return rel, nfs3OK
 }
 
 func (c *clientConn) allowedAnywhere() bool {
@@ -257,10 +309,18 @@ func (c *clientConn) mount(call rpcCall) {
 		case !c.s.allow.AllowClient(c.ip, exp.Path, false):
 			c.log.Warn("nfs: refused MOUNT", "export", exp.Path)
 			w.u32(mnt3ErrAcces)
-		case !c.s.isDir(exp, rel):
-			c.log.Warn("nfs: MOUNT of a missing directory", "export", exp.Path, "path", rel)
-			w.u32(mnt3ErrNoEnt)
 		default:
+			er, st := c.s.rootFor(exp, c.ip)
+			if st != nfs3OK {
+				c.log.Warn("nfs: refused MOUNT: no export directory for this client", "export", exp.Path)
+				w.u32(mnt3ErrAcces)
+				break
+			}
+			if !isDir(er, rel) {
+				c.log.Warn("nfs: MOUNT of a missing directory", "export", exp.Path, "path", rel)
+				w.u32(mnt3ErrNoEnt)
+				break
+			}
 			c.log.Info("nfs: MOUNT", "export", exp.Path, "path", rel)
 			w.u32(mnt3OK)
 			w.opaque(exp.table.encode(rel))
@@ -288,9 +348,9 @@ func (s *Server) exportOf(dir string) (*export, string) {
 	}
 }
 
-// isDir reports whether rel is a directory inside exp (BoundOS: symlinks
-// are resolved inside the export only).
-func (s *Server) isDir(exp *export, rel string) bool {
-	st, err := exp.fs.Stat(rel)
+// isDir reports whether rel is a directory inside er (symlinks are
+// resolved inside the export only).
+func isDir(er *exportRoot, rel string) bool {
+	st, err := er.fs.Stat(rel)
 	return err == nil && st.IsDir()
 }

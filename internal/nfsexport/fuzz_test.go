@@ -27,7 +27,7 @@ func callRecord(xid, prog, vers, proc uint32, args []byte) []byte {
 }
 
 func malformedSeeds() [][]byte {
-	tab := newHandleTable("/images", "/nonexistent")
+	tab := newHandleTable("/images")
 	fh := tab.encode("LAB-2026-img/disk")
 	read := &xdrWriter{}
 	read.opaque(fh)
@@ -38,9 +38,16 @@ func malformedSeeds() [][]byte {
 	ren := &xdrWriter{}
 	ren.opaque(fh)
 	ren.opaque([]byte("a"))
-	ren.opaque(newHandleTable("/capture", "/nonexistent").encode(""))
+	ren.opaque(newHandleTable("/capture").encode(""))
 	ren.opaque([]byte("b"))
 
+	capRoot := newHandleTable("/capture").encode("")
+	rdp := &xdrWriter{}
+	rdp.opaque(tab.encode("LAB-2026-img"))
+	rdp.u64(5)
+	rdp.u64(0x1234)
+	rdp.u32(8192)
+	rdp.u32(8192)
 	full := callRecord(1, progNFS, 3, procRead, read.b)
 	seeds := [][]byte{
 		callRecord(1, progNFS, 3, 0, nil),
@@ -48,16 +55,21 @@ func malformedSeeds() [][]byte {
 		callRecord(3, progMount, 3, mountProcExport, nil),
 		full,
 		callRecord(4, progNFS, 3, procRename, ren.b),
+		callRecord(10, progNFS, 3, procReaddirPlus, rdp.b),
+		callRecord(11, progNFS, 3, procReaddir, rdp.b[:len(rdp.b)-4]),
+		callRecord(12, progNFS, 3, procWrite, argsWrite(capRoot, 0, stableFileSync, []byte("dir"))),
+		callRecord(13, progNFS, 3, procCommit, argsCommit(capRoot)),
+		callRecord(14, progNFS, 3, 8, argsCreate(capRoot, "fuzzed")),
 		callRecord(5, progNFS, 3, 1, []byte{0, 0, 0, 64}),         // handle length without bytes
 		callRecord(6, progNFS, 3, 99, nil),                        // unknown proc
 		callRecord(7, progNFS, 2, 1, nil),                         // NFSv2
 		callRecord(8, 12345, 1, 0, nil),                           // unknown program
 		callRecord(9, progNFS, 3, 1, []byte{0xff, 0xff, 0xff, 0}), // huge opaque length
-		full[:len(full)-3],                                        // truncated
-		{0x80, 0, 0, 0},                                           // empty last fragment
-		{0x7f, 0xff, 0xff, 0xff},                                  // 2 GiB fragment
-		{0, 0, 0, 4, 0, 0, 0, 1, 0x80, 0, 0, 4, 0, 0, 0, 1},       // two fragments, reply type
-		{0x80, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1},                   // a reply, not a call
+		full[:len(full)-3],       // truncated
+		{0x80, 0, 0, 0},          // empty last fragment
+		{0x7f, 0xff, 0xff, 0xff}, // 2 GiB fragment
+		{0, 0, 0, 4, 0, 0, 0, 1, 0x80, 0, 0, 4, 0, 0, 0, 1}, // two fragments, reply type
+		{0x80, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 1},             // a reply, not a call
 	}
 	// Fragmented version of a valid READ.
 	body := full[4:]
@@ -69,7 +81,7 @@ func malformedSeeds() [][]byte {
 }
 
 func FuzzDecodeHandle(f *testing.F) {
-	tab := newHandleTable("/images", f.TempDir())
+	tab := newHandleTable("/images")
 	f.Add(tab.encode(""))
 	f.Add(tab.encode("LAB-2026-img/sda1.ext4-ptcl-img.zst.aa"))
 	f.Add(tab.encode(string(bytes.Repeat([]byte("x/"), 40)) + "y"))

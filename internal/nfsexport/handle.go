@@ -6,8 +6,8 @@ import (
 	"errors"
 	"hash/fnv"
 	"io/fs"
+	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -146,18 +146,19 @@ func hashRel(rel string) [hashLen]byte {
 	return h
 }
 
-// handleTable holds one export's hash -> path map for long paths.
+// handleTable holds one export's hash -> path map for long paths. With
+// per-client directories (Export.DirFor) one map serves them all: it maps
+// hashes of relative paths, whichever directory they are in.
 type handleTable struct {
-	tag  uint32
-	root string // host directory, for re-deriving the map
+	tag uint32
 
 	mu       sync.Mutex
 	long     map[[hashLen]byte]string
 	lastWalk time.Time
 }
 
-func newHandleTable(exportPath, root string) *handleTable {
-	return &handleTable{tag: exportTag(exportPath), root: root, long: map[[hashLen]byte]string{}}
+func newHandleTable(exportPath string) *handleTable {
+	return &handleTable{tag: exportTag(exportPath), long: map[[hashLen]byte]string{}}
 }
 
 // encode returns the handle for rel (a clean relative path).
@@ -181,8 +182,9 @@ func (t *handleTable) encode(rel string) []byte {
 	return append(b, h[:]...)
 }
 
-// resolve maps a decoded handle of this export to its relative path.
-func (t *handleTable) resolve(d decodedHandle) (string, error) {
+// resolve maps a decoded handle of this export to its relative path; an
+// unknown hash makes it walk root (the client's directory of the export).
+func (t *handleTable) resolve(d decodedHandle, root *os.Root) (string, error) {
 	if d.tag != t.tag {
 		return "", errStaleHandle
 	}
@@ -198,25 +200,26 @@ func (t *handleTable) resolve(d decodedHandle) (string, error) {
 		return "", errStaleHandle
 	}
 	t.lastWalk = time.Now()
-	t.walkLocked()
+	t.walkLocked(root)
 	if rel, ok := t.long[d.hash]; ok {
 		return rel, nil
 	}
 	return "", errStaleHandle
 }
 
-// walkLocked re-derives the long-path map from the export tree. Symlinks
-// are not followed (WalkDir never does), so the walk stays in the export.
-func (t *handleTable) walkLocked() {
-	_ = filepath.WalkDir(t.root, func(p string, de fs.DirEntry, err error) error {
+// walkLocked re-derives the long-path map from the export tree, through
+// the root (symlinks are not followed, and nothing leads out of it).
+func (t *handleTable) walkLocked(root *os.Root) {
+	if root == nil {
+		return
+	}
+	_ = fs.WalkDir(root.FS(), ".", func(rel string, de fs.DirEntry, err error) error {
 		if err != nil {
 			return nil // unreadable subtree: its handles stay unknown
 		}
-		rel, rerr := filepath.Rel(t.root, p)
-		if rerr != nil || rel == "." {
+		if rel == "." {
 			return nil
 		}
-		rel = filepath.ToSlash(rel)
 		if len(rel) > maxInline {
 			t.long[hashRel(rel)] = rel
 		}

@@ -42,6 +42,23 @@ func (a *allowList) set(ip, export string, read, write bool) {
 	a.write[ip+"|"+export] = write
 }
 
+// AllowConnect: an address with any export allowed has a job.
+func (a *allowList) AllowConnect(ip netip.Addr) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, ok := range a.read {
+		if ok && strings.HasPrefix(k, ip.String()+"|") {
+			return true
+		}
+	}
+	for k, ok := range a.write {
+		if ok && strings.HasPrefix(k, ip.String()+"|") {
+			return true
+		}
+	}
+	return false
+}
+
 func (a *allowList) AllowClient(ip netip.Addr, export string, write bool) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -255,6 +272,13 @@ func TestMountRefusals(t *testing.T) {
 	allow.set("127.0.0.2", "/images", true, false) // another seat, not us
 	addr, _ := startServer(t, f, allow)
 
+	// An address with no job at all is refused at accept: not one byte
+	// is read or answered.
+	if got, err := refusedAtAccept(addr); err != nil {
+		t.Errorf("connection from an address with no job: %v (read %q)", err, got)
+	}
+	// A seat with a job on another export cannot mount this one.
+	allow.set("127.0.0.1", "/capture", true, true)
 	if _, _, err := mount(t, addr, "/images"); err == nil || !strings.Contains(err.Error(), "MNT3ERR_ACCES") {
 		t.Errorf("MOUNT /images from a client outside the run: err = %v, want MNT3ERR_ACCES", err)
 	}
@@ -336,7 +360,7 @@ func TestEscapeRefused(t *testing.T) {
 		}
 	}
 	c := dial(t, addr)
-	tab := newHandleTable("/images", f.images)
+	tab := newHandleTable("/images")
 	// READ of a directory or a FIFO is refused (and must not block).
 	must(t, unix.Mkfifo(filepath.Join(f.images, "fifo"), 0o644))
 	for rel, want := range map[string]uint32{"LAB-2026-img": nfs3ErrIsDir, "fifo": nfs3ErrInval} {
@@ -432,6 +456,26 @@ func TestMalformedRecords(t *testing.T) {
 	if _, _, err := mount(t, addr, "/images"); err != nil {
 		t.Fatalf("server no longer mounts after malformed records: %v", err)
 	}
+}
+
+// refusedAtAccept dials addr, sends a NULL call and expects the server to
+// close the connection without answering.
+func refusedAtAccept(addr string) ([]byte, error) {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	_, _ = c.Write(callRecord(1, progNFS, 3, procNull, nil))
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	switch {
+	case len(got) > 0:
+		return got, errors.New("the server answered")
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		return nil, errors.New("the server kept the connection open")
+	}
+	return nil, nil // EOF or reset: closed at accept
 }
 
 func sendRaw(t testing.TB, addr string, b []byte) {

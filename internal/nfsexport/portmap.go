@@ -28,6 +28,7 @@ const (
 	ipProtoTCP     = 6
 	ipProtoUDP     = 17
 	pmapMaxRequest = 8 << 10
+	pmapMaxConns   = 64
 )
 
 // pmapMappings lists what pumi serves on nfsPort.
@@ -146,6 +147,9 @@ func ServePortmap(ctx context.Context, tcp net.Listener, udp net.PacketConn, nfs
 			defer wg.Done()
 			var conns sync.WaitGroup
 			defer conns.Wait()
+			// Anyone may ask the portmapper, so its connections are
+			// capped: beyond pmapMaxConns new ones are closed at once.
+			slots := make(chan struct{}, pmapMaxConns)
 			for {
 				c, err := tcp.Accept()
 				if err != nil {
@@ -155,9 +159,16 @@ func ServePortmap(ctx context.Context, tcp net.Listener, udp net.PacketConn, nfs
 					}
 					return
 				}
+				select {
+				case slots <- struct{}{}:
+				default:
+					c.Close()
+					continue
+				}
 				conns.Add(1)
 				go func() {
 					defer conns.Done()
+					defer func() { <-slots }()
 					defer c.Close()
 					stop := context.AfterFunc(ctx, func() { c.Close() })
 					defer stop()
@@ -166,7 +177,7 @@ func ServePortmap(ctx context.Context, tcp net.Listener, udp net.PacketConn, nfs
 						// An idle portmapper connection is closed after a
 						// minute; clients reconnect for each query anyway.
 						_ = c.SetDeadline(time.Now().Add(time.Minute))
-						rec, err := readRecord(br, nil)
+						rec, err := readRecord(br, refuseGrowth)
 						if err != nil || len(rec) > pmapMaxRequest {
 							return
 						}

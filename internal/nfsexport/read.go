@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	nfs "github.com/willscott/go-nfs"
@@ -27,6 +28,7 @@ var errNotRegular = errors.New("not a regular file")
 
 type fileKey struct {
 	exp *export
+	dir string // the client's directory of exp
 	rel string
 }
 
@@ -65,10 +67,10 @@ func newFileCache(max int) *fileCache {
 }
 
 // get returns an open file for exp/rel with a reference the caller must
-// release. The file is opened through the export's BoundOS, so symlinks
+// release. The file is opened through the export's os.Root, so symlinks
 // cannot lead out of the export.
-func (fc *fileCache) get(exp *export, rel string) (*openFile, error) {
-	k := fileKey{exp, rel}
+func (fc *fileCache) get(er *exportRoot, rel string) (*openFile, error) {
+	k := fileKey{er.exp, er.dir, rel}
 	now := time.Now()
 	fc.mu.Lock()
 	if of, ok := fc.m[k]; ok {
@@ -80,7 +82,7 @@ func (fc *fileCache) get(exp *export, rel string) (*openFile, error) {
 		}
 		fc.mu.Unlock()
 		// Stat outside the lock: it touches the disk.
-		cur, err := exp.fs.Stat(rel)
+		cur, err := er.fs.Stat(rel)
 		held, herr := of.f.Stat()
 		fc.mu.Lock()
 		if err == nil && herr == nil && os.SameFile(cur, held) && !of.evicted {
@@ -96,21 +98,23 @@ func (fc *fileCache) get(exp *export, rel string) (*openFile, error) {
 
 	// Only regular files are opened: opening a FIFO would block this
 	// worker until someone writes to it.
-	st, err := exp.fs.Stat(rel)
+	// The descriptor opened is checked too: the name may have been
+	// replaced by a FIFO between the Stat and the open (O_NONBLOCK keeps
+	// that open from blocking).
+	st, err := er.fs.Stat(rel)
 	if err != nil {
 		return nil, err
 	}
 	if !st.Mode().IsRegular() {
 		return nil, &fs.PathError{Op: "read", Path: rel, Err: errNotRegular}
 	}
-	bf, err := exp.fs.Open(rel)
+	osf, err := er.root.OpenFile(rootName(rel), os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
-	osf, ok := bf.(statFile)
-	if !ok {
-		bf.Close()
-		return nil, errors.New("nfsexport: export filesystem does not give OS files")
+	if st, err := osf.Stat(); err != nil || !st.Mode().IsRegular() {
+		osf.Close()
+		return nil, &fs.PathError{Op: "read", Path: rel, Err: errNotRegular}
 	}
 	of := &openFile{key: k, f: osf, refs: 1, checked: now}
 	fc.mu.Lock()
@@ -162,16 +166,16 @@ func (fc *fileCache) closeAll() {
 func (w *xdrWriter) Write(p []byte) (int, error) { w.b = append(w.b, p...); return len(p), nil }
 
 // read serves one READ: pread into a pooled buffer, reply with one writev.
-func (c *clientConn) read(xid uint32, exp *export, rel string, off uint64, count uint32) {
+func (c *clientConn) read(xid uint32, er *exportRoot, rel string, off uint64, count uint32) {
 	fail := func(status uint32) { c.nfsFail(xid, procRead, status) }
 	if c.s.readHook != nil {
-		c.s.readHook(exp.Path, rel, off)
+		c.s.readHook(er.exp.Path, rel, off)
 	}
-	of, err := c.s.files.get(exp, rel)
+	of, err := c.s.files.get(er, rel)
 	if err != nil {
 		switch {
 		case errors.Is(err, errNotRegular):
-			if st, serr := exp.fs.Stat(rel); serr == nil && st.IsDir() {
+			if st, serr := er.fs.Stat(rel); serr == nil && st.IsDir() {
 				fail(nfs3ErrIsDir)
 			} else {
 				fail(nfs3ErrInval)
@@ -234,26 +238,27 @@ func (c *clientConn) read(xid uint32, exp *export, rel string, off uint64, count
 }
 
 // fsinfo answers FSINFO with transfer sizes suited to streaming images.
-func (c *clientConn) fsinfo(xid uint32, exp *export, rel string) {
-	info, err := exp.fs.Lstat(rel)
+func (c *clientConn) fsinfo(xid uint32, er *exportRoot, rel string) {
+	exp := er.exp
+	info, err := er.fs.Lstat(rel)
 	if err != nil {
 		c.nfsFail(xid, procFSInfo, nfs3ErrStale)
 		return
 	}
 	w := replyHeader(xid, acceptSuccess)
 	w.u32(nfs3OK)
-	_ = nfs.WritePostOpAttrs(w, nfs.ToFileAttribute(info, filepath.Join(exp.Dir, rel)))
-	w.u32(rtmax)                     // rtmax
-	w.u32(rtmax)                     // rtpref
-	w.u32(4096)                      // rtmult
-	w.u32(rtmax)                     // wtmax
-	w.u32(rtmax)                     // wtpref
-	w.u32(4096)                      // wtmult
-	w.u32(64 << 10)                  // dtpref
-	w.u64(1<<63 - 1)                 // maxfilesize
-	w.u32(0)                         // time_delta seconds
-	w.u32(1)                         // time_delta nanoseconds
-	props := uint32(0x1 | 0x2 | 0x8) // LINK, SYMLINK, HOMOGENEOUS
+	_ = nfs.WritePostOpAttrs(w, nfs.ToFileAttribute(info, filepath.Join(er.dir, rel)))
+	w.u32(rtmax)         // rtmax
+	w.u32(rtmax)         // rtpref
+	w.u32(4096)          // rtmult
+	w.u32(rtmax)         // wtmax
+	w.u32(rtmax)         // wtpref
+	w.u32(4096)          // wtmult
+	w.u32(64 << 10)      // dtpref
+	w.u64(1<<63 - 1)     // maxfilesize
+	w.u32(0)             // time_delta seconds
+	w.u32(1)             // time_delta nanoseconds
+	props := uint32(0x8) // HOMOGENEOUS; no LINK or SYMLINK: both are refused
 	if exp.Writable {
 		props |= 0x10 // CANSETTIME
 	}

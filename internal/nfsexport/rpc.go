@@ -37,10 +37,24 @@ const (
 
 var errBadRecord = errors.New("malformed RPC record")
 
-// readRecord reads one RPC record (all its fragments) from r into buf
-// (reused when large enough). It fails on records above maxRecord.
-func readRecord(r io.Reader, buf []byte) ([]byte, error) {
-	buf = buf[:0]
+// recordChunk is the record size every connection may buffer without
+// asking the server's memory budget: every call but WRITE fits.
+const recordChunk = 64 << 10
+
+var errRecordTooBig = fmt.Errorf("%w: larger than this connection may send", errBadRecord)
+
+// refuseGrowth is a readRecord grow func for connections that only ever
+// send small records.
+func refuseGrowth(int) error { return errRecordTooBig }
+
+// readRecord reads one RPC record (all its fragments) from r. The buffer
+// is never sized from a fragment header, which costs a client nothing to
+// send: it starts small and doubles only once the bytes already received
+// fill it. grow, if not nil, is asked before the buffer's capacity passes
+// recordChunk (with the new capacity) and may block or refuse; records
+// above maxRecord fail.
+func readRecord(r io.Reader, grow func(newCap int) error) ([]byte, error) {
+	var buf []byte
 	var hdr [4]byte
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
@@ -52,17 +66,29 @@ func readRecord(r io.Reader, buf []byte) ([]byte, error) {
 		if len(buf)+n > maxRecord {
 			return nil, fmt.Errorf("%w: record of more than %d bytes", errBadRecord, maxRecord)
 		}
-		start := len(buf)
-		if cap(buf) < start+n {
-			nb := make([]byte, start, start+n)
-			copy(nb, buf)
-			buf = nb
-		}
-		buf = buf[:start+n]
-		if _, err := io.ReadFull(r, buf[start:]); err != nil {
-			return nil, err
+		for n > 0 {
+			if len(buf) == cap(buf) {
+				newCap := min(max(2*cap(buf), 4096), len(buf)+n)
+				if grow != nil && newCap > recordChunk {
+					if err := grow(newCap); err != nil {
+						return nil, err
+					}
+				}
+				nb := make([]byte, len(buf), newCap)
+				copy(nb, buf)
+				buf = nb
+			}
+			k := min(n, cap(buf)-len(buf))
+			if _, err := io.ReadFull(r, buf[len(buf):len(buf)+k]); err != nil {
+				return nil, err
+			}
+			buf = buf[:len(buf)+k]
+			n -= k
 		}
 		if last {
+			if buf == nil {
+				buf = []byte{}
+			}
 			return buf, nil
 		}
 	}

@@ -5,8 +5,22 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"reflect"
 )
+
+// sameExports compares what two export lists serve; a DirFor counts by its
+// presence (functions cannot be compared, and the caller's DirFor answers
+// from its own current state anyway).
+func sameExports(a, b []Export) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Path != b[i].Path || a[i].Dir != b[i].Dir || a[i].Writable != b[i].Writable || (a[i].DirFor == nil) != (b[i].DirFor == nil) {
+			return false
+		}
+	}
+	return true
+}
 
 // Supervisor serves the exports Want returns and restarts the server only
 // when they change (other settings leave open connections alone), on the same
@@ -46,7 +60,7 @@ func (s *Supervisor) Run(ctx context.Context, l net.Listener, addr string) {
 		switch {
 		case err != nil:
 			s.Report(false, "", err)
-		case up && reflect.DeepEqual(want, serving):
+		case up && sameExports(want, serving):
 			// Nothing NFS serves changed.
 		case len(want) == 0:
 			halt()

@@ -127,6 +127,11 @@ func (j *Jobs) Report(ctx context.Context, token, status string, client netip.Ad
 				job.LogFile = name
 			}
 			ok, reason := Judge(job, logData)
+			if ok && job.Action == Capture {
+				if err := j.publish(ctx, job); err != nil {
+					ok, reason = false, "captured, not published: "+err.Error()
+				}
+			}
 			if ok {
 				job.State, job.Reason = Done, ""
 			} else {

@@ -140,7 +140,8 @@ type Config struct {
 	// own lease. ErrUnknownSeat: not in the inventory; ErrNoAddress: no
 	// record. Called on every decision, report, 6461 line and index rebuild.
 	Addr func(tx *store.Tx, mac string) (netip.Addr, error)
-	// Env returns the current boot settings; called per Clonezilla decision.
+	// Env returns the current boot settings; called per Clonezilla decision
+	// and index rebuild. With an error, Repository is still set if known.
 	Env func(ctx context.Context) (Env, error)
 	// LogDir keeps Clonezilla's uploaded logs (<LogDir>/<key>/<mac>-clonezilla-<boot>.log).
 	LogDir string
@@ -159,8 +160,9 @@ type Jobs struct {
 	cfg Config
 	log *slog.Logger
 
-	mu  sync.RWMutex
-	idx map[netip.Addr]Job // active jobs by trusted address (NFS, 6461)
+	mu   sync.RWMutex
+	idx  map[netip.Addr]Job // active jobs by trusted address (NFS, 6461)
+	repo string             // the repository at the last Refresh (capture folders)
 
 	ocs  ocsLimits
 	warn warnLimit
@@ -333,8 +335,10 @@ func (j *Jobs) Refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("seat jobs: %w", err)
 	}
+	env, _ := j.cfg.Env(ctx) // the repository is set even when the lab address is not
+	repo := env.Repository
 	j.mu.Lock()
-	j.idx = idx
+	j.idx, j.repo = idx, repo
 	j.mu.Unlock()
 	return nil
 }

@@ -410,3 +410,53 @@ func TestReportedBytes(t *testing.T) {
 		t.Errorf("ReportedBytes = %d, want 612000000", got)
 	}
 }
+
+// TestCaptureFolderAndPublish: a capture writes into its own folder of the
+// capture area only; a good capture is published under its name, never over
+// an existing image, and a bad one stays where it was written.
+func TestCaptureFolderAndPublish(t *testing.T) {
+	repo := t.TempDir()
+	if err := os.CopyFS(repo, os.DirFS("../clonezilla/testdata/repo")); err != nil {
+		t.Fatal(err)
+	}
+	r := newRig(t, records)
+	r.jobs.cfg.Env = func(context.Context) (Env, error) {
+		return Env{Base: "http://127.0.0.1:8080", Server: netip.MustParseAddr("127.0.0.1"), NFSPort: 2049, Live: "3.3.0-33-amd64", Repository: repo}, nil
+	}
+	ctx := t.Context()
+	for _, c := range []struct {
+		mac, image string
+		copyFrom   string // the image Clonezilla "saved" ("" = nothing)
+		wantState  State
+		reason     string
+	}{
+		{macA, "NEW-img", "LAB-A-img", Done, ""},
+		{macB, "LAB-A-img", "LAB-A-img", Failed, "already exists"},
+	} {
+		addr, _ := records(c.mac)
+		if _, err := r.jobs.Start(ctx, Request{Key: "cap#1", MAC: c.mac, Action: Capture, Image: c.image, Disk: "sda"}); err != nil {
+			t.Fatal(err)
+		}
+		_, tok := r.boot(t, c.mac, addr)
+		dir, ok := r.jobs.CaptureDir(addr)
+		if !ok || !strings.HasPrefix(dir, filepath.Join(repo, CaptureArea)) {
+			t.Fatalf("capture folder %q %v", dir, ok)
+		}
+		if _, ok := r.jobs.CaptureDir(visitor); ok {
+			t.Fatal("a visitor got a capture folder")
+		}
+		if err := os.CopyFS(filepath.Join(dir, c.image), os.DirFS(filepath.Join(repo, c.copyFrom))); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.jobs.Report(ctx, tok, "finished", addr, []byte("Sending info: 1 Saved "+c.image+", /dev/sda1, success, 1 MB; to 127.0.0.1:6461\n")); err != nil {
+			t.Fatal(err)
+		}
+		j := r.job(t, c.mac)
+		if j.State != c.wantState || !strings.Contains(j.Reason, c.reason) {
+			t.Fatalf("%s: %s %q", c.image, j.State, j.Reason)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(repo, "NEW-img", "parts")); err != nil {
+		t.Fatalf("the good capture was not published: %v", err)
+	}
+}
