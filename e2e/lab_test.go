@@ -194,7 +194,10 @@ func runLab(t *testing.T, fx labFiles, bin string, f faults) {
 	// appliance's time zone is UTC), as it would at night.
 	fire := time.Now().UTC().Add(30 * time.Second).Truncate(time.Minute).Add(time.Minute)
 	sched := map[string]any{"id": "lab-nightly", "name": "Lab nightly", "spec": fmt.Sprintf("%d %d * * *", fire.Minute(), fire.Hour()),
-		"target": map[string]any{"rooms": []string{room}}, "action": map[string]any{"kind": "restore", "image": image},
+		// Unicast: the faults folded into this scenario (pumi killed mid-restore)
+		// are about the NFS path; the room's multicast stream is proven by
+		// internal/roomcast against real udp-receivers.
+		"target": map[string]any{"rooms": []string{room}}, "action": map[string]any{"kind": "restore", "image": image, "transport": "unicast"},
 		// A PC needs about 17 minutes here even with a second Clonezilla
 		// boot; a window of 40 lets a stuck seat end "window closed" well
 		// inside the test's time instead of holding CI for an hour.

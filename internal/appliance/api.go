@@ -48,6 +48,10 @@ func (a *App) apiRoutes(mux *http.ServeMux) {
 	h("POST /api/v1/jobs", a.apiStartJobs)
 	h("DELETE /api/v1/jobs/{mac}", a.apiCancelJob)
 	h("GET /api/v1/seen", a.apiSeen)
+	h("GET /api/v1/multicast", func(w http.ResponseWriter, r *http.Request) error {
+		writeJSON(w, http.StatusOK, a.rooms.Sessions())
+		return nil
+	})
 	h("GET /api/v1/events", a.apiEvents)
 	h("PUT /api/v1/secrets/mail", a.apiPutMailSecret)
 	h("PUT /api/v1/secrets/ssh/{scope}/{name}", a.apiPutSSHSecret)

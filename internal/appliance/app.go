@@ -31,6 +31,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/reimage"
+	"github.com/pumi-lab/pumi/internal/roomcast"
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/seen"
@@ -81,6 +82,7 @@ type App struct {
 	outbox  *notify.Outbox
 	engine  *reimage.Engine
 	jobs    *seatjob.Jobs
+	rooms   *roomcast.Manager
 	book    schedule.Book
 	seen    *seen.Recorder
 
@@ -338,7 +340,8 @@ func (a *App) Serve(ctx context.Context) error {
 	go a.netboot.Run(ctx)
 	go a.st.BackupEvery(ctx, 6*time.Hour)
 	go a.seen.Run(ctx)
-	go a.pruneHistory(ctx)
+	go history.PruneEvery(ctx, a.st, time.Hour, a.log)
+	go a.rooms.Run(ctx)
 	go a.serveRuns(ctx)
 
 	a.httpAddr, a.ocsAddr = httpL.Addr(), ocsL.Addr()
@@ -393,24 +396,6 @@ func (a *App) superviseNFS(ctx context.Context, l net.Listener) {
 		},
 		Report: a.reporter(&a.nfsStat, fmt.Sprintf("(%s read-only, %s for captures, port %d)", seatjob.ExportImages, seatjob.ExportCapture, a.nfsPort))}
 	sup.Run(ctx, l, net.JoinHostPort(host, fmt.Sprint(a.nfsPort)))
-}
-
-// pruneHistory bounds the event log by age and count, hourly.
-func (a *App) pruneHistory(ctx context.Context) {
-	t := time.NewTicker(time.Hour)
-	defer t.Stop()
-	for {
-		if n, err := history.Prune(ctx, a.st, time.Now(), history.MaxAge, history.MaxCount); err != nil && ctx.Err() == nil {
-			a.log.Error("pruning the event log", "err", err)
-		} else if n > 0 {
-			a.log.Info("event log pruned", "dropped", n)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }
 
 func (a *App) servePortmap(ctx context.Context, errc chan<- error) error {

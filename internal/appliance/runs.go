@@ -15,6 +15,7 @@ import (
 	"github.com/pumi-lab/pumi/internal/notify"
 	"github.com/pumi-lab/pumi/internal/power"
 	"github.com/pumi-lab/pumi/internal/reimage"
+	"github.com/pumi-lab/pumi/internal/roomcast"
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/settings"
@@ -98,7 +99,7 @@ func (l lab) StartJob(ctx context.Context, j reimage.Job) error {
 	if cfg, err := l.a.Config(ctx); err == nil {
 		disk = cfg.TargetDisk
 	}
-	_, err := l.a.jobs.Start(ctx, seatjob.Request{Key: j.Key, MAC: j.Seat.MAC, Action: seatjob.Action(j.Action), Image: j.Image, Disk: disk})
+	_, err := l.a.jobs.Start(ctx, seatjob.Request{Key: j.Key, MAC: j.Seat.MAC, Action: seatjob.Action(j.Action), Image: j.Image, Disk: disk, Group: j.Group})
 	return err
 }
 
@@ -107,7 +108,7 @@ func (l lab) JobState(ctx context.Context, mac, key string) (reimage.JobState, e
 	if err != nil {
 		return reimage.JobState{}, err
 	}
-	return reimage.JobState{State: j.State, Reason: j.Reason, Boots: j.Boots, Bytes: j.Bytes, Updated: j.Updated}, nil
+	return reimage.JobState{State: j.State, Reason: j.Reason, Boots: j.Boots, Bytes: j.Bytes, Updated: j.Updated, Transport: j.Transport()}, nil
 }
 
 func (l lab) CancelJob(ctx context.Context, mac, key string) error {
@@ -222,12 +223,24 @@ func (a *App) startRuns() error {
 			cfg, err := a.Config(ctx)
 			return cfg.Mail.Host != "" && len(cfg.Mail.To) > 0, err
 		}}, a.opts.Runs, nil, a.log)
+	a.rooms = &roomcast.Manager{Log: a.log, Settings: a.roomcastSettings}
 	a.jobs, err = seatjob.New(context.Background(), seatjob.Config{Store: a.st, Log: a.log, Addr: seatjob.SeatAddr, Env: a.jobEnv,
-		LogDir: filepath.Join(a.st.Dir(), "logs"), Changed: a.engine.Poke})
+		LogDir: filepath.Join(a.st.Dir(), "logs"), Multicast: a.rooms.Port,
+		Changed: func() { a.engine.Poke(); a.rooms.Poke() }})
+	a.rooms.Jobs = a.jobs
+	return err
+}
+
+// roomcastSettings are the multicast sessions' settings (roomcast.Settings).
+func (a *App) roomcastSettings(ctx context.Context) (roomcast.Settings, error) {
+	env, err := a.jobEnv(ctx)
 	if err != nil {
-		return err
+		return roomcast.Settings{}, err
 	}
-	return nil
+	cfg, err := a.Config(ctx)
+	m := cfg.Multicast
+	return roomcast.Settings{Interface: cfg.Netboot.Interface, LocalAddr: env.Server, Repository: cfg.Repository,
+		PortBase: m.Ports(), MaxWait: m.Wait(), MaxBitrate: int64(m.MaxBitrateMbit) * 125_000}, err
 }
 
 // serveRuns runs the engine, the scheduler and the outbox until ctx ends.

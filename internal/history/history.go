@@ -7,6 +7,7 @@ package history
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/store"
@@ -89,3 +90,22 @@ func Prune(ctx context.Context, st *store.Store, now time.Time, maxAge time.Dura
 
 // errStop ends a ForEach early: the rest of the log is young enough.
 var errStop = errors.New("stop")
+
+// PruneEvery prunes the log to MaxAge and MaxCount now and every interval
+// until ctx ends.
+func PruneEvery(ctx context.Context, st *store.Store, interval time.Duration, log *slog.Logger) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if n, err := Prune(ctx, st, time.Now(), MaxAge, MaxCount); err != nil && ctx.Err() == nil {
+			log.Error("pruning the event log", "err", err)
+		} else if n > 0 {
+			log.Info("event log pruned", "dropped", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

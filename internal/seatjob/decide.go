@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"path"
+	"time"
 
 	"github.com/pumi-lab/pumi/internal/boot"
 	"github.com/pumi-lab/pumi/internal/clonezilla"
@@ -74,7 +75,26 @@ func (j *Jobs) Decide(ctx context.Context, m boot.Machine) (boot.Decision, error
 	if err != nil {
 		return boot.Decision{}, err
 	}
-	dec, derr := j.clonezilla(ctx, job, tok)
+	// A multicast job's first boot joins the room's stream; any later boot
+	// (power cut, reset) restores alone, by unicast: the stream has moved on.
+	mcast, demote := 0, ""
+	var wait time.Duration
+	if job.Group != "" && job.Demoted == "" {
+		switch {
+		case job.Boots > 0:
+			demote = "booted again during the multicast session"
+		case j.cfg.Multicast == nil:
+			demote = "multicast is not available"
+		default:
+			port, w, why, ok := j.cfg.Multicast(job.Group)
+			if ok {
+				mcast, wait = port, w
+			} else {
+				demote = why
+			}
+		}
+	}
+	dec, derr := j.clonezilla(ctx, job, tok, mcast, wait)
 	changed := false
 	err = j.cfg.Store.Update(ctx, func(tx *store.Tx) error {
 		changed = false
@@ -95,6 +115,13 @@ func (j *Jobs) Decide(ctx context.Context, m boot.Machine) (boot.Decision, error
 		now := j.cfg.Now().UTC()
 		v.Boots++
 		v.State, v.Token, v.OCSLine, v.Updated = Booted, tok, "", now
+		v.McastBoot, v.McastPort = mcast > 0, mcast
+		if demote != "" {
+			v.Demoted = demote
+			if err := history.Add(tx, history.Event{MAC: mac, RunID: v.Key, Kind: "multicast", Message: "restore by unicast: " + demote}); err != nil {
+				return err
+			}
+		}
 		changed = true
 		if err := bucket.Put(tx, mac, v); err != nil {
 			return err
@@ -111,8 +138,9 @@ func (j *Jobs) Decide(ctx context.Context, m boot.Machine) (boot.Decision, error
 	return dec, nil
 }
 
-// clonezilla renders the job's Clonezilla boot with this boot's token.
-func (j *Jobs) clonezilla(ctx context.Context, job Job, token string) (boot.Decision, error) {
+// clonezilla renders the job's Clonezilla boot with this boot's token; with
+// mcastPort > 0 it is Clonezilla's multicast client on that port base.
+func (j *Jobs) clonezilla(ctx context.Context, job Job, token string, mcastPort int, wait time.Duration) (boot.Decision, error) {
 	env, err := j.cfg.Env(ctx)
 	if err != nil {
 		return boot.Decision{}, err
@@ -150,7 +178,12 @@ func (j *Jobs) clonezilla(ctx context.Context, job Job, token string) (boot.Deci
 			return boot.Decision{}, fmt.Errorf("image %s cannot be restored: %v", job.Image, img.Problems)
 		}
 		common.NFSExport = ExportImages
-		args, err = clonezilla.RestoreArgs(clonezilla.RestoreParams{Common: common})
+		if mcastPort > 0 {
+			args, err = clonezilla.MulticastRestoreArgs(clonezilla.MulticastParams{Common: common, Port: mcastPort,
+				MaxWait: int(wait.Seconds())})
+		} else {
+			args, err = clonezilla.RestoreArgs(clonezilla.RestoreParams{Common: common})
+		}
 		if err != nil {
 			return boot.Decision{}, err
 		}

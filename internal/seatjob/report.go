@@ -127,6 +127,17 @@ func (j *Jobs) Report(ctx context.Context, token, status string, client netip.Ad
 				job.LogFile = name
 			}
 			ok, reason := Judge(job, logData)
+			if !ok && job.McastBoot && job.Demoted != "" {
+				// It left the multicast session (refused, dropped, late):
+				// not a failure of the seat, the restore starts over by
+				// unicast at its next boot (Clonezilla reboots it now).
+				job.State, job.Reason, job.Token, job.McastBoot = Pending, "", "", false
+				if err := bucket.Put(tx, job.MAC, job); err != nil {
+					return err
+				}
+				return history.Add(tx, history.Event{MAC: job.MAC, RunID: job.Key, Kind: "multicast",
+					Message: "Clonezilla left the multicast session (" + job.Demoted + "); the restore starts over by unicast"})
+			}
 			if ok && job.Action == Capture {
 				if err := j.publish(ctx, job); err != nil {
 					ok, reason = false, "captured, not published: "+err.Error()

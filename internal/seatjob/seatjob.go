@@ -111,6 +111,27 @@ type Job struct {
 	// mid-partition.
 	Ending string    `json:"ending,omitempty"`
 	EndBy  time.Time `json:"end_by,omitzero"`
+	// Group puts a restore in a multicast session (the run's ID). Its first
+	// boot gets Clonezilla's multicast client on McastPort; a seat that
+	// boots again, misses the start or drops out is Demoted (why) and
+	// restores by unicast.
+	Group     string `json:"group,omitempty"`
+	McastBoot bool   `json:"mcast_boot,omitempty"` // this boot runs the multicast client
+	McastPort int    `json:"mcast_port,omitempty"`
+	Demoted   string `json:"demoted,omitempty"`
+}
+
+// Transport says how the image reaches the seat, for the run page and mail.
+func (j Job) Transport() string {
+	switch {
+	case j.Action != Restore:
+		return ""
+	case j.Group != "" && j.Demoted == "":
+		return "multicast"
+	case j.Demoted != "":
+		return "unicast (" + j.Demoted + ")"
+	}
+	return "unicast"
 }
 
 // wantsNFS reports whether the job's seat may use the repository now.
@@ -148,6 +169,10 @@ type Config struct {
 	// Changed is called after every committed job change (the runs engine's
 	// wake-up); it must not block.
 	Changed func()
+	// Multicast returns the port base and the wait of a multicast group's
+	// session (internal/roomcast); ok false: multicast cannot run (the seat
+	// restores by unicast, why says so). Nil: no multicast.
+	Multicast func(group string) (port int, wait time.Duration, why string, ok bool)
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// EndGrace bounds how long a cancelled job whose Clonezilla is writing
@@ -196,6 +221,7 @@ type Request struct {
 	Action Action
 	Image  string
 	Disk   string
+	Group  string // multicast group (restore only); "" = unicast
 }
 
 // Start records the seat's job for its next network boots. It is idempotent
@@ -224,6 +250,9 @@ func (j *Jobs) Start(ctx context.Context, req Request) (Job, error) {
 		now := j.cfg.Now().UTC()
 		out = Job{MAC: req.MAC, Key: req.Key, Action: req.Action, Image: req.Image, Disk: req.Disk,
 			State: Pending, Created: now, Updated: now}
+		if req.Action == Restore {
+			out.Group = req.Group
+		}
 		changed = true
 		if err := bucket.Put(tx, req.MAC, out); err != nil {
 			return err
@@ -444,4 +473,39 @@ func (j *Jobs) StartAll(ctx context.Context, key string, macs []string, action A
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// Demote takes the seat's job out of its multicast session: its restore goes
+// (or starts over) by unicast. No job, another key, or a job not in a group
+// is not an error.
+func (j *Jobs) Demote(ctx context.Context, mac, key, why string) error {
+	changed := false
+	err := j.cfg.Store.Update(ctx, func(tx *store.Tx) error {
+		changed = false
+		v, ok, err := bucket.Get(tx, mac)
+		if err != nil || !ok || v.Key != key || v.Group == "" || v.Demoted != "" || !v.State.Active() {
+			return err
+		}
+		v.Demoted, v.Updated = why, j.cfg.Now().UTC()
+		changed = true
+		if err := bucket.Put(tx, mac, v); err != nil {
+			return err
+		}
+		return history.Add(tx, history.Event{MAC: mac, RunID: key, Kind: "multicast", Message: "restore by unicast: " + why})
+	})
+	if err == nil && changed {
+		j.changed(ctx)
+	}
+	return err
+}
+
+// Addr is the address pumi's records give the seat (the trust rule).
+func (j *Jobs) Addr(ctx context.Context, mac string) (netip.Addr, error) {
+	var a netip.Addr
+	err := j.cfg.Store.View(ctx, func(tx *store.Tx) error {
+		var err error
+		a, err = j.cfg.Addr(tx, mac)
+		return err
+	})
+	return a, err
 }
