@@ -93,7 +93,8 @@ exit
 // GRUB's $net_default_mac (the NIC GRUB was booted through), sources that
 // seat's grub/<mac>.cfg from the same TFTP server, and boots the local disk
 // if that file cannot be had (a missing file is skipped by `source`).
-var GrubDispatcher = `# pumi: read by Debian's signed network GRUB as $prefix/grub.cfg (prefix (tftp,<pumi>)/grub).
+func GrubDispatcher() string {
+	return `# pumi: read by Debian's signed network GRUB as $prefix/grub.cfg (prefix (tftp,<pumi>)/grub).
 set timeout=0
 set pumi_mac=
 regexp --set=1:m1 --set=2:m2 --set=3:m3 --set=4:m4 --set=5:m5 --set=6:m6 '^([0-9a-fA-F][0-9a-fA-F]):([0-9a-fA-F][0-9a-fA-F]):([0-9a-fA-F][0-9a-fA-F]):([0-9a-fA-F][0-9a-fA-F]):([0-9a-fA-F][0-9a-fA-F]):([0-9a-fA-F][0-9a-fA-F])$' "$net_default_mac"
@@ -104,6 +105,7 @@ if [ -n "$m6" ]; then
 fi
 echo "pumi: no boot configuration for '$net_default_mac' from $prefix; booting the local disk"
 ` + grubLocal()
+}
 
 // TFTPPaths maps a kernel or initrd URL of a Decision to the path GRUB
 // fetches over TFTP. nil means URLPath.

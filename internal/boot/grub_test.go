@@ -172,7 +172,7 @@ func TestGrubFiles(t *testing.T) {
 		}
 		return string(b)
 	}
-	if got := read("grub/grub.cfg"); got != GrubDispatcher {
+	if got := read("grub/grub.cfg"); got != GrubDispatcher() {
 		t.Errorf("grub/grub.cfg is not the dispatcher:\n%s", got)
 	}
 	if got := read("grub/52-54-00-00-00-01.cfg"); !strings.Contains(got, "\nlinux /files/vmlinuz quiet\n") {

@@ -47,7 +47,7 @@ func (g *GrubFiles) Open(name string) (fs.File, error) {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrInvalid}
 	}
 	if name == GrubDispatcherPath {
-		return memFile(name, GrubDispatcher), nil
+		return memFile(name, GrubDispatcher()), nil
 	}
 	mac, ok := ParseGrubConfigPath(name)
 	if !ok {
