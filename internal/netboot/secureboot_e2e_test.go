@@ -435,3 +435,32 @@ func logPhases(t *testing.T, vm *testvm.VM) {
 	}
 	t.Logf("signed chain phases (seconds since QEMU start):\n%s", b.String())
 }
+
+// TestSecureBootQEMUVars runs the signed chain to a Debian-signed kernel on
+// a PC whose firmware variables are PUMI_SB_VARS (an OVMF_VARS_4M.fd with
+// other keys enrolled, e.g. only the Microsoft UEFI CA 2023 in db; see
+// docs/secureboot.md for how it was made); the kernel must report Secure
+// Boot on. It is a probe, not part of make test: it skips without
+// PUMI_SB_VARS.
+func TestSecureBootQEMUVars(t *testing.T) {
+	vars := os.Getenv("PUMI_SB_VARS")
+	if vars == "" {
+		t.Skip("set PUMI_SB_VARS to an OVMF variable store to boot the signed chain with it")
+	}
+	testnet.Require(t, append(append(testvm.Programs(), testvm.SecureBootPrograms()...), "cpio")...)
+	e := newSBEnv(t, 8, 0, nil, netboot.ModeFull)
+	mac := testvm.RandomMAC()
+	e.seats.set(mac, boot.Decision{Action: boot.Linux, Kernel: e.base + "/files/vmlinuz", Initrds: []string{e.base + "/files/initrd.img"},
+		Cmdline: testvm.KernelArgs, Reason: "vars probe"}, netboot.ChainSigned)
+	vm := testvm.Start(t, t.Context(), testvm.Config{Name: "sb-vars", NS: e.ns, Tap: e.tap, MAC: mac,
+		SecureBoot: true, OVMFVars: vars, Timeout: sbTimeout})
+	line, err := vm.WaitFor(t.Context(), testvm.MarkerSecureBoot)
+	if err != nil {
+		t.Logf("console:\n%s", vm.Tail(60))
+		t.Fatal(err)
+	}
+	t.Logf("FIGURE secureboot with %s: %s after %.1fs", filepath.Base(vars), line, vm.Elapsed().Seconds())
+	if !strings.Contains(line, "efivar=1") {
+		t.Errorf("Secure Boot is not enforced with these variables, so the boot proves nothing: %s", line)
+	}
+}

@@ -63,6 +63,9 @@ type Config struct {
 	// Microsoft's keys from OVMFVarsMS, q35 with SMM): unsigned boot
 	// programs such as iPXE are refused. Firmware boot only (Kernel empty).
 	SecureBoot bool
+	// OVMFVars, if set, is the variable store each VM starts from (a copy)
+	// instead of OVMFVars / OVMFVarsMS, e.g. one with other keys enrolled.
+	OVMFVars string
 }
 
 // KernelArgs belong on every test guest's command line: the serial console
@@ -150,6 +153,9 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		varsFrom := OVMFVars
 		if c.SecureBoot {
 			varsFrom = OVMFVarsMS
+		}
+		if c.OVMFVars != "" {
+			varsFrom = c.OVMFVars
 		}
 		b, err := os.ReadFile(varsFrom)
 		if err != nil {
