@@ -16,7 +16,15 @@ func TestExampleConfigParses(t *testing.T) {
 	if len(fc.Config.Reservations) != 1 || len(fc.Known) != 1 || fc.Boot == nil {
 		t.Fatalf("example lost entries: %+v", fc)
 	}
-	if _, err := boot.ParseStatic(fc.Boot); err != nil {
+	dec, err := boot.ParseStatic(fc.Boot)
+	if err != nil {
+		t.Fatal(err)
+	}
+	adm := netboot.NewStaticAdmission(nil, nil).WithChains(fc.DefaultChain, fc.Chains)
+	if len(fc.Chains) != 1 {
+		t.Fatalf("example lost its chains entry: %v", fc.Chains)
+	}
+	if err := checkSignedChain(dec, adm); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,6 +1,7 @@
 // Command pumi-netboot runs pumi's network boot alone: DHCP (full or proxy),
-// TFTP of iPXE and, with -http-listen, the HTTP boot endpoint, configured from
-// a JSON file. It is for an existing Linux server next to the school's DHCP
+// TFTP of iPXE (and of the signed chain for MACs set to it: shim, GRUB, the
+// per-MAC GRUB configs and the -files tree) and, with -http-listen, the
+// HTTP boot endpoint, configured from a JSON file. It is for an existing Linux server next to the school's DHCP
 // (proxy mode, pointing iPXE at an appliance with -http-base) and for
 // debugging; the appliance runs the same packages in-process.
 //
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -46,7 +48,7 @@ func run(ctx context.Context, args []string) error {
 	leaseFile := fl.String("lease-file", "pumi-leases.json", "where full mode keeps its leases")
 	httpBase := fl.String("http-base", "", "URL iPXE fetches its script from, e.g. http://10.0.0.5:8080 (overrides http_base)")
 	httpListen := fl.String("http-listen", "", "also serve the boot HTTP endpoint here, e.g. :8080 (empty: don't)")
-	filesDir := fl.String("files", "", "with -http-listen: directory served under /files/ (kernels, initrds)")
+	filesDir := fl.String("files", "", "directory served under /files/ over HTTP (with -http-listen) and TFTP (kernels, initrds)")
 	verbose := fl.Bool("v", false, "debug logging")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -92,17 +94,27 @@ func run(ctx context.Context, args []string) error {
 	// A MAC with a boot entry is obviously meant to netboot.
 	known := append(fc.Known, decider.MACs()...)
 
-	var leases netboot.LeaseStore
-	if mode == netboot.ModeFull {
-		leases = netboot.FileLeaseStore(*leaseFile)
-	}
-	srv, err := netboot.New(cfg, netboot.NewStaticAdmission(known, log), leases, assets.IPXE(), log)
-	if err != nil {
+	adm := netboot.NewStaticAdmission(known, log).WithChains(fc.DefaultChain, fc.Chains)
+	if err := checkSignedChain(decider, adm); err != nil {
 		return err
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	files, closeFiles, err := tftpFiles(ctx, decider, *filesDir, log)
+	if err != nil {
+		return err
+	}
+	defer closeFiles()
+	var leases netboot.LeaseStore
+	if mode == netboot.ModeFull {
+		leases = netboot.FileLeaseStore(*leaseFile)
+	}
+	srv, err := netboot.New(cfg, adm, leases, files, log)
+	if err != nil {
+		return err
+	}
+
 	errc := make(chan error, 2)
 	running := 1
 	if *httpListen != "" {
@@ -140,4 +152,42 @@ func run(ctx context.Context, args []string) error {
 		cancel() // one part ending ends the other
 	}
 	return first
+}
+
+// tftpFiles is what TFTP serves: iPXE, the signed chain (shim, GRUB), the
+// GRUB configs rendered from decider, and filesDir under "files/", so that
+// a boot entry's http://<server>/files/... URLs exist over TFTP under the
+// same paths for GRUB (which has no HTTP).
+func tftpFiles(ctx context.Context, decider boot.Decider, filesDir string, log *slog.Logger) (fs.FS, func(), error) {
+	layers := []fs.FS{assets.IPXE(), assets.SecureBoot(), boot.NewGrubFiles(ctx, decider, nil, log.With("svc", "grub"))}
+	if filesDir == "" {
+		return netboot.Layers(layers...), func() {}, nil
+	}
+	// os.Root: neither ".." nor a symlink leads out of the directory.
+	root, err := os.OpenRoot(filesDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("-files: %w (create it or fix the path)", err)
+	}
+	layers = append(layers, netboot.Mount("files", root.FS()))
+	return netboot.Layers(layers...), func() { root.Close() }, nil
+}
+
+// checkSignedChain renders, at start, the GRUB config of every boot entry
+// whose MAC is on the signed chain, so an entry GRUB cannot pass on (a '
+// in the command line, an HTTP-only URL) is an error now, not a seat that
+// silently boots its disk later.
+func checkSignedChain(decider *boot.StaticDecider, adm *netboot.StaticAdmission) error {
+	for _, mac := range decider.MACs() {
+		if adm.Chain(mac) != netboot.ChainSigned {
+			continue
+		}
+		d, err := decider.Decide(context.Background(), boot.Machine{MAC: mac})
+		if err != nil {
+			return err
+		}
+		if _, err := boot.GrubConfig(d, nil); err != nil {
+			return fmt.Errorf("boot entry %s (signed chain): %w", mac, err)
+		}
+	}
+	return nil
 }

@@ -12,6 +12,9 @@ import (
 type StaticAdmission struct {
 	known map[string]bool
 	log   *slog.Logger
+	// chains: per-MAC boot chain (chain.go); set before serving, read-only after.
+	chains       map[string]Chain
+	defaultChain Chain
 
 	mu   sync.Mutex
 	seen map[string]ClientInfo

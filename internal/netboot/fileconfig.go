@@ -27,7 +27,9 @@ import (
 //	  "lease_time":  "12h",
 //	  "reservations": [{"mac": "52:54:00:12:34:56", "ip": "10.99.0.20", "hostname": "seat-01"}],
 //	  "known_macs":  ["52:54:00:12:34:56"],    // may PXE boot (with the boot entries' MACs)
-//	  "boot": {"52:54:00:12:34:56": "local"}   // boot.StaticDecider's format
+//	  "boot": {"52:54:00:12:34:56": "local"},  // boot.StaticDecider's format
+//	  "default_chain": "ipxe",                 // UEFI boot program: ipxe (default) or signed (Secure Boot on)
+//	  "chains": {"52:54:00:12:34:56": "signed"} // per MAC, overrides default_chain
 //	}
 //
 // Interface and mode come from flags. Unknown keys are refused, so a typo is
@@ -36,20 +38,25 @@ type FileConfig struct {
 	Config Config             // Interface and Mode left empty
 	Known  []net.HardwareAddr // known_macs
 	Boot   json.RawMessage    // the "boot" object, for boot.ParseStatic; nil if absent
+
+	DefaultChain Chain            // default_chain; "" when absent (ChainIPXE)
+	Chains       map[string]Chain // chains, by canonical MAC (net.HardwareAddr.String())
 }
 
 type fileConfigJSON struct {
-	ServerIP     string          `json:"server_ip"`
-	HTTPBase     string          `json:"http_base"`
-	RangeStart   string          `json:"range_start"`
-	RangeEnd     string          `json:"range_end"`
-	Netmask      string          `json:"netmask"`
-	Router       string          `json:"router"`
-	DNS          []string        `json:"dns"`
-	LeaseTime    string          `json:"lease_time"`
-	Reservations []reservationJS `json:"reservations"`
-	KnownMACs    []string        `json:"known_macs"`
-	Boot         json.RawMessage `json:"boot"`
+	ServerIP     string            `json:"server_ip"`
+	HTTPBase     string            `json:"http_base"`
+	RangeStart   string            `json:"range_start"`
+	RangeEnd     string            `json:"range_end"`
+	Netmask      string            `json:"netmask"`
+	Router       string            `json:"router"`
+	DNS          []string          `json:"dns"`
+	LeaseTime    string            `json:"lease_time"`
+	Reservations []reservationJS   `json:"reservations"`
+	KnownMACs    []string          `json:"known_macs"`
+	Boot         json.RawMessage   `json:"boot"`
+	DefaultChain string            `json:"default_chain"`
+	Chains       map[string]string `json:"chains"`
 }
 
 type reservationJS struct {
@@ -138,6 +145,9 @@ func ParseFileConfig(b []byte) (*FileConfig, error) {
 	if len(j.Boot) > 0 && string(j.Boot) != "null" {
 		fc.Boot = j.Boot
 	}
+	if err := parseChains(&fc, j.DefaultChain, j.Chains); err != nil {
+		return nil, err
+	}
 	return &fc, nil
 }
 
@@ -178,4 +188,33 @@ func parseNetmask(s string, rangeStart, serverIP netip.Addr) (netip.Prefix, erro
 		return netip.Prefix{}, errors.New("netmask given as a mask but there is no range_start or server_ip to apply it to: write it as 10.99.0.0/24")
 	}
 	return netip.PrefixFrom(base, ones).Masked(), nil
+}
+
+// parseChains fills fc's chain fields from default_chain and chains.
+func parseChains(fc *FileConfig, def string, per map[string]string) error {
+	if def != "" {
+		c, err := ParseChain(def)
+		if err != nil {
+			return fmt.Errorf("default_chain: %w", err)
+		}
+		fc.DefaultChain = c
+	}
+	for k, v := range per {
+		mac, err := macaddr.Parse(k)
+		if err != nil {
+			return fmt.Errorf("chains %q: %w", k, err)
+		}
+		c, err := ParseChain(v)
+		if err != nil || v == "" {
+			return fmt.Errorf("chains %q: want \"ipxe\" or \"signed\", got %q", k, v)
+		}
+		if fc.Chains == nil {
+			fc.Chains = map[string]Chain{}
+		}
+		if _, dup := fc.Chains[mac.String()]; dup {
+			return fmt.Errorf("chains: MAC %s is listed twice (in different spellings); keep one", mac)
+		}
+		fc.Chains[mac.String()] = c
+	}
+	return nil
 }

@@ -176,7 +176,7 @@ func (h *handler) pxeTarget(req *dhcpv4.DHCPv4, c client) (bootTarget, bool) {
 		h.log.Info("legacy BIOS PXE client: serving undionly.kpxe (UEFI is the tested path)", "mac", mac.String())
 	}
 	t, ok := target(c, h.httpBase, mac)
-	return t, ok
+	return h.chainTarget(c, mac, t, ok) // the signed chain (chain.go)
 }
 
 func (h *handler) serverIPSlice() net.IP { return net.IP(h.serverIP.AsSlice()) }

@@ -37,6 +37,16 @@
 // the disk: a MAC nobody answers waits out both (~3 minutes under TCG).
 // See internal/netboot/e2e_test.go for the complete chain.
 //
+// # A lab PC with Secure Boot enforced
+//
+// Config.SecureBoot boots OVMF's Secure Boot build (SMM, q35 smm=on, flash
+// in secure mode) with Microsoft's keys enrolled (a fresh copy of
+// OVMF_VARS_4M.ms.fd per VM): unsigned programs such as iPXE are refused
+// ("Access Denied"). SignedLocalDisk is a disk that boots like an installed
+// Debian (shim + Debian-signed GRUB, printing MarkerSignedDisk), and
+// SecureBootReport makes /init print what the kernel says about Secure Boot
+// (MarkerSecureBoot). See internal/netboot/secureboot_e2e_test.go.
+//
 // # Machine-wide rules
 //
 // Only one VM runs at a time on the machine (an flock; Start waits for it),

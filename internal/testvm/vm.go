@@ -59,6 +59,13 @@ type Config struct {
 	// SlotHeld says the caller holds Slot for a group of VMs it runs
 	// together (the lab scenario); Start then does not wait for it.
 	SlotHeld bool
+	// SecureBoot boots OVMF with Secure Boot enforced (OVMFCodeSecureBoot,
+	// Microsoft's keys from OVMFVarsMS, q35 with SMM): unsigned boot
+	// programs such as iPXE are refused. Firmware boot only (Kernel empty).
+	SecureBoot bool
+	// OVMFVars, if set, is the variable store each VM starts from (a copy)
+	// instead of OVMFVars / OVMFVarsMS, e.g. one with other keys enrolled.
+	OVMFVars string
 }
 
 // KernelArgs belong on every test guest's command line: the serial console
@@ -126,7 +133,11 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		t.Fatalf("testvm: NS and Tap go together (got NS %v, Tap %q)", c.NS != nil, c.Tap)
 	}
 	dir := t.TempDir()
-	args := []string{"-name", c.Name, "-accel", "tcg", "-machine", "q35", "-smp", "1", "-m", fmt.Sprint(c.MemoryMiB),
+	machine := "q35"
+	if c.SecureBoot {
+		machine = "q35,smm=on"
+	}
+	args := []string{"-name", c.Name, "-accel", "tcg", "-machine", machine, "-smp", "1", "-m", fmt.Sprint(c.MemoryMiB),
 		"-display", "none", "-vga", "none", "-monitor", "none", "-serial", "stdio"}
 	if !c.Reboot {
 		args = append(args, "-no-reboot")
@@ -134,9 +145,19 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 	if c.Disk != "" && c.OwnDisk != "" {
 		t.Fatalf("testvm: Disk and OwnDisk are exclusive")
 	}
+	if c.SecureBoot && c.Kernel != "" {
+		t.Fatalf("testvm: SecureBoot needs the firmware boot (Kernel empty)")
+	}
 	if c.Kernel == "" {
 		vars := filepath.Join(dir, "OVMF_VARS.fd")
-		b, err := os.ReadFile(OVMFVars)
+		varsFrom := OVMFVars
+		if c.SecureBoot {
+			varsFrom = OVMFVarsMS
+		}
+		if c.OVMFVars != "" {
+			varsFrom = c.OVMFVars
+		}
+		b, err := os.ReadFile(varsFrom)
 		if err != nil {
 			t.Fatalf("testvm: %v (install ovmf)", err)
 		}
@@ -145,9 +166,8 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 		if err := os.WriteFile(vars, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
+		args = append(args, firmwareArgs(c.SecureBoot, vars)...)
 		args = append(args,
-			"-drive", "if=pflash,format=raw,unit=0,readonly=on,file="+OVMFCode,
-			"-drive", "if=pflash,format=raw,unit=1,file="+vars,
 			// Without this OVMF tries PXEv6 and HTTPv6 first (about 130 s
 			// of timeouts) before the disk.
 			"-fw_cfg", "name=opt/org.tianocore/IPv6Support,string=no")
