@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -271,13 +272,13 @@ func (s *Server) serveDHCP(ctx context.Context, d dhcpSocket) {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			s.log.Warn("DHCP read failed", "port", d.port, "err", err)
+			s.h.noisy.Log(slog.LevelWarn, "DHCP read failed", "port", d.port, "err", err)
 			continue
 		}
 		// FromBytes copies what it keeps, so buf can be reused at once.
 		req, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil {
-			s.log.Debug("ignoring malformed DHCP packet", "from", peer.String(), "err", err)
+			s.h.noisy.Log(slog.LevelDebug, "ignoring malformed DHCP packet", "from", peer.String(), "err", err)
 			continue
 		}
 		slots <- struct{}{}
