@@ -259,3 +259,23 @@ func TestTFTPFloodBounded(t *testing.T) {
 		t.Errorf("%d log lines for a flood of %d requests: the noisy lines are not rate-limited", lines, requests)
 	}
 }
+
+// FuzzParseRRQ: the request parser and the option negotiation never panic,
+// and what they accept stays within the bounds the server relies on.
+func FuzzParseRRQ(f *testing.F) {
+	f.Add([]byte("bootx64.efi\x00octet\x00blksize\x001468\x00tsize\x000\x00windowsize\x004\x00"))
+	f.Add([]byte("a\x00netascii\x00"))
+	f.Add([]byte("\x00\x00\x00"))
+	f.Add([]byte("x\x00octet\x00windowsize\x0099999999999999999999\x00timeout\x00-1\x00"))
+	f.Fuzz(func(t *testing.T, p []byte) {
+		_, _, opts, err := parseRRQ(p)
+		if err != nil {
+			return
+		}
+		o := negotiate(opts, 1<<20)
+		if o.blksize < 8 || o.blksize > tftpMaxBlockSize || o.window < 1 || o.window > tftpMaxWindow ||
+			o.timeout < time.Second || o.timeout > 255*time.Second || len(o.oack)%2 != 0 {
+			t.Fatalf("negotiated %+v from %q", o, p)
+		}
+	})
+}
