@@ -46,9 +46,12 @@ const (
 	// goroutine). A lab of 40 seats booting together needs 40. The appliance
 	// shares its process, and so its fd limit, with HTTP and NFS.
 	tftpMaxTransfers = 128
-	// tftpMaxPerClient bounds the transfers one client address runs at once;
-	// a PC fetches one file at a time.
-	tftpMaxPerClient = 8
+	// tftpMaxPerClient bounds the transfers one client address runs at once,
+	// so one address cannot take every slot with transfers it keeps alive.
+	// A PC fetches one file at a time, but several may share an address
+	// (behind a relay's NAT, or a test's client namespace), so it is a
+	// quarter of the total rather than 1.
+	tftpMaxPerClient = tftpMaxTransfers / 4
 )
 
 // TFTP error codes (RFC 1350, 2347).
@@ -299,7 +302,9 @@ func (t *TFTP) request(ctx context.Context, conn *net.UDPConn, local netip.Addr,
 		return
 	}
 	// The transfer's socket is made here, on Serve's goroutine (see Serve).
-	tc, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)))
+	// Connected to the client: the kernel drops datagrams from anyone else
+	// (another TID), and each send skips the destination lookup.
+	tc, err := net.DialUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(local, 0)), net.UDPAddrFromAddrPort(peer))
 	if err != nil {
 		t.release(nil, peer.Addr())
 		f.Close()
@@ -409,6 +414,8 @@ type tftpStats struct {
 // or when no ACK comes within o.timeout.
 func (t *TFTP) send(ctx context.Context, x *tftpTransfer, r io.ReaderAt, size int64, o tftpOptions) (st tftpStats) {
 	ack := make([]byte, 516) // an ACK is 4 bytes; an ERROR carries a message
+	var deadlineSet time.Time
+	chunk := newChunkReader(r, size, o.blksize)
 	pkt := make([]byte, 4+o.blksize)
 	bs := int64(o.blksize)
 	nblocks := size/bs + 1 // the last block is short, possibly empty
@@ -417,14 +424,21 @@ func (t *TFTP) send(ctx context.Context, x *tftpTransfer, r io.ReaderAt, size in
 	// wait reads until an ACK for a block in (acked, last] arrives; it
 	// returns that block, or -1 after the timeout.
 	wait := func(last int64) (int64, error) {
-		if err := x.conn.SetReadDeadline(time.Now().Add(o.timeout)); err != nil {
-			return 0, err
+		// Moving the deadline costs a timer update per block; it is moved
+		// only when a quarter of the timeout has passed, so the wait is
+		// between 3/4 of the timeout and all of it.
+		if now := time.Now(); now.Sub(deadlineSet) > o.timeout/4 {
+			if err := x.conn.SetReadDeadline(now.Add(o.timeout)); err != nil {
+				return 0, err
+			}
+			deadlineSet = now
 		}
 		for {
-			n, from, err := x.conn.ReadFromUDPAddrPort(ack)
+			n, err := x.conn.Read(ack)
 			if err != nil {
 				var ne net.Error
 				if errors.As(err, &ne) && ne.Timeout() {
+					deadlineSet = time.Time{}
 					return -1, nil
 				}
 				if ctx.Err() != nil {
@@ -437,11 +451,6 @@ func (t *TFTP) send(ctx context.Context, x *tftpTransfer, r io.ReaderAt, size in
 					return 0, errors.New("aborted to make room: the client never acknowledged anything")
 				}
 				return 0, err
-			}
-			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-			if from != x.peer {
-				sendError(x.conn, from, tftpErrUnknownTID, "unknown transfer ID")
-				continue
 			}
 			if n < 4 {
 				continue
@@ -468,7 +477,7 @@ func (t *TFTP) send(ctx context.Context, x *tftpTransfer, r io.ReaderAt, size in
 		}
 	}
 	write := func(p []byte) error {
-		_, err := x.conn.WriteToUDPAddrPort(p, x.peer)
+		_, err := x.conn.Write(p)
 		st.datagrams++
 		return err
 	}
@@ -507,13 +516,13 @@ func (t *TFTP) send(ctx context.Context, x *tftpTransfer, r io.ReaderAt, size in
 			off := (b - 1) * bs
 			n := int(min(bs, size-off))
 			if n > 0 {
-				m, err := r.ReadAt(pkt[4:4+n], off)
+				m, err := chunk.ReadAt(pkt[4:4+n], off)
 				if m < n {
 					if err == nil {
 						err = io.ErrUnexpectedEOF
 					}
 					st.err = fmt.Errorf("reading block %d: %w", b, err)
-					sendError(x.conn, x.peer, tftpErrUndefined, "read error")
+					sendError(x.conn, netip.AddrPort{}, tftpErrUndefined, "read error")
 					return st
 				}
 			}
@@ -588,14 +597,51 @@ func (t *TFTP) logTransfer(file string, x *tftpTransfer, o tftpOptions, st tftpS
 	t.log.Info("tftp: transfer done", attrs...)
 }
 
-// sendError sends a TFTP ERROR packet; a failure to send is not worth more
-// than the packet itself.
+// sendError sends a TFTP ERROR packet to to (zero: conn is connected); a
+// failure to send is not worth more than the packet itself.
 func sendError(conn *net.UDPConn, to netip.AddrPort, code uint16, msg string) {
 	p := make([]byte, 4, 5+len(msg))
 	binary.BigEndian.PutUint16(p, tftpERROR)
 	binary.BigEndian.PutUint16(p[2:], code)
 	p = append(append(p, msg...), 0)
+	if !to.IsValid() {
+		conn.Write(p)
+		return
+	}
 	conn.WriteToUDPAddrPort(p, to)
+}
+
+// tftpChunk is how much of the file a transfer reads at once: one read per
+// ~11 blocks of 1468 bytes instead of one per block. It is also the
+// transfer's only buffer besides one packet, so it bounds per-transfer
+// memory: tftpMaxTransfers * tftpChunk = 2 MiB at most for all of them.
+const tftpChunk = 16 << 10
+
+// chunkReader serves a transfer's block reads from one buffered chunk of
+// the file; a window sent again after a loss usually finds its blocks
+// still in the chunk.
+type chunkReader struct {
+	r      io.ReaderAt
+	size   int64
+	buf    []byte
+	off    int64 // file offset of buf[0]
+	filled int
+}
+
+func newChunkReader(r io.ReaderAt, size int64, blksize int) *chunkReader {
+	return &chunkReader{r: r, size: size, buf: make([]byte, max(tftpChunk, blksize)), off: -1}
+}
+
+// ReadAt fills p (one block, never longer than the chunk) from off.
+func (c *chunkReader) ReadAt(p []byte, off int64) (int, error) {
+	if c.off < 0 || off < c.off || off+int64(len(p)) > c.off+int64(c.filled) {
+		n, err := c.r.ReadAt(c.buf[:min(int64(len(c.buf)), c.size-off)], off)
+		if n < len(p) {
+			return copy(p, c.buf[:n]), err
+		}
+		c.off, c.filled = off, n
+	}
+	return copy(p, c.buf[off-c.off:]), nil
 }
 
 // seekReaderAt adapts a file that can seek but not ReadAt; each transfer has
