@@ -33,16 +33,20 @@ const (
 )
 
 type options struct {
-	out      string
-	rounds   int
-	clients  int
-	macs     int
-	small    int
-	large    int
-	profile  string
-	skipTFTP bool
-	skipDHCP bool
-	leaseDir string
+	out         string
+	rounds      int
+	clients     int
+	macs        int
+	small       int
+	large       int
+	profile     string
+	window      int
+	skipTFTP    bool
+	skipHTTP    bool
+	squashfs    int
+	httpClients int
+	skipDHCP    bool
+	leaseDir    string
 }
 
 func orchestrate(ctx context.Context, args []string) error {
@@ -55,8 +59,12 @@ func orchestrate(ctx context.Context, args []string) error {
 	fl.IntVar(&o.small, "small", 1<<20, "size of the iPXE-sized file in bytes")
 	fl.IntVar(&o.large, "large", 30<<20, "size of the large file in bytes")
 	fl.StringVar(&o.profile, "cpuprofile-dir", "", "write CPU profiles of pumi's servers into this directory")
+	fl.IntVar(&o.window, "windowsize", 16, "TFTP windowsize the atftp clients ask for (0: no atftp runs)")
 	fl.BoolVar(&o.skipTFTP, "skip-tftp", false, "skip the TFTP part")
 	fl.BoolVar(&o.skipDHCP, "skip-dhcp", false, "skip the DHCP part")
+	fl.BoolVar(&o.skipHTTP, "skip-http", false, "skip the HTTP part")
+	fl.IntVar(&o.squashfs, "squashfs", 350<<20, "size of the Clonezilla-like squashfs the HTTP clients fetch")
+	fl.IntVar(&o.httpClients, "http-clients", 40, "parallel HTTP clients (seats)")
 	fl.StringVar(&o.leaseDir, "lease-dir", "", "directory for both servers' lease files (default: a temporary directory under $TMPDIR); /dev/shm shows the cost of fsync")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -64,9 +72,9 @@ func orchestrate(ctx context.Context, args []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces): run it with sudo")
 	}
-	for _, p := range []string{"ip", "dnsmasq", "ss"} {
+	for _, p := range []string{"ip", "dnsmasq", "ss", "atftp", "nginx"} {
 		if _, err := exec.LookPath(p); err != nil {
-			return fmt.Errorf("needs %s on PATH (Debian: iproute2, dnsmasq-base)", p)
+			return fmt.Errorf("needs %s on PATH (Debian: iproute2, dnsmasq-base, atftp, nginx-light)", p)
 		}
 	}
 	if o.macs > 16000 {
@@ -106,6 +114,11 @@ func orchestrate(ctx context.Context, args []string) error {
 	rep.machine = machineInfo()
 	if !o.skipTFTP {
 		if err := runTFTP(ctx, env, self, &o, rep); err != nil {
+			return err
+		}
+	}
+	if !o.skipHTTP {
+		if err := runHTTP(ctx, env, self, &o, rep); err != nil {
 			return err
 		}
 	}
@@ -215,7 +228,7 @@ func (e *env) start(ctx context.Context, name string, port int, argv ...string) 
 	go func() { cmd.Process.Wait(); close(exited) }()
 	// Ready when the port is bound; the server has to be up within 15 s.
 	for i := 0; i < 300; i++ {
-		out, _ := exec.Command("ip", "netns", "exec", e.srv, "ss", "-Hlun").Output()
+		out, _ := exec.Command("ip", "netns", "exec", e.srv, "ss", "-Hlntu").Output()
 		if bytes.Contains(out, []byte(fmt.Sprintf(":%d ", port))) {
 			return s, nil
 		}
@@ -230,7 +243,7 @@ func (e *env) start(ctx context.Context, name string, port int, argv ...string) 
 		}
 	}
 	s.stop()
-	return nil, fmt.Errorf("%s did not bind UDP port %d within 15 s (log: %s)", name, port, logf)
+	return nil, fmt.Errorf("%s did not bind port %d within 15 s (log: %s)", name, port, logf)
 }
 
 // cpuSeconds is the CPU time (user+system) the server process has used so far.
@@ -250,6 +263,28 @@ func (s *server) cpuSeconds() float64 {
 	fmt.Sscan(f[11], &ut)
 	fmt.Sscan(f[12], &st)
 	return (ut + st) / 100
+}
+
+// cpuSecondsTree is cpuSeconds of the server and its child processes (nginx's
+// workers).
+func (s *server) cpuSecondsTree() float64 {
+	total := s.cpuSeconds()
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 || f[1] != fmt.Sprint(s.cmd.Process.Pid) {
+			continue
+		}
+		var ut, st float64
+		fmt.Sscan(f[11], &ut)
+		fmt.Sscan(f[12], &st)
+		total += (ut + st) / 100
+	}
+	return total
 }
 
 func (s *server) stop() {
@@ -313,10 +348,27 @@ func runTFTP(ctx context.Context, e *env, self string, o *options, rep *report) 
 			return err
 		}
 	}
+	// Each file is fetched twice per round: by pin/tftp clients, which ask
+	// for no windowsize (lock-step, RFC 1350), and by atftp clients asking
+	// for windowsize (RFC 7440). dnsmasq ignores windowsize, so with atftp
+	// it still answers lock-step; pumi sends o.window blocks per ACK.
+	type tcase struct {
+		label string
+		file  int
+		win   int
+	}
+	var cases []tcase
 	rep.tftp = map[string]*[2][]tftpResult{}
-	for _, f := range files {
-		rep.tftp[f.name] = &[2][]tftpResult{}
-		rep.tftpFiles = append(rep.tftpFiles, fileDesc{f.name, f.size})
+	for i, f := range files {
+		cs := []tcase{{f.name + ", no windowsize (pin/tftp)", i, 0}}
+		if o.window > 0 {
+			cs = append(cs, tcase{fmt.Sprintf("%s, windowsize %d asked (atftp)", f.name, o.window), i, o.window})
+		}
+		for _, c := range cs {
+			rep.tftp[c.label] = &[2][]tftpResult{}
+			rep.tftpFiles = append(rep.tftpFiles, fileDesc{c.label, f.size})
+		}
+		cases = append(cases, cs...)
 	}
 	for r := 0; r < o.rounds; r++ {
 		for _, si := range order(r) {
@@ -335,18 +387,19 @@ func runTFTP(ctx context.Context, e *env, self string, o *options, rep *report) 
 			if err != nil {
 				return err
 			}
-			for _, f := range files {
+			for _, c := range cases {
+				f := files[c.file]
 				var res tftpResult
 				cpu0 := s.cpuSeconds()
 				err := e.load(ctx, self, &res, "tftp-load", "-server", serverIP+":69", "-file", f.name,
-					"-clients", fmt.Sprint(o.clients), "-blksize", "1468", "-sha256", f.sum)
+					"-clients", fmt.Sprint(o.clients), "-blksize", "1468", "-sha256", f.sum, "-atftp-window", fmt.Sprint(c.win))
 				if err != nil {
 					s.stop()
 					return err
 				}
 				res.ServerCPU = s.cpuSeconds() - cpu0
-				fmt.Fprintf(os.Stderr, "tftp round %d %-7s %-14s %7.1f MB/s errors=%d server-cpu=%.2fs\n", r, serverNames[si], f.name, res.MBps, res.Errors, res.ServerCPU)
-				rep.tftp[f.name][si] = append(rep.tftp[f.name][si], res)
+				fmt.Fprintf(os.Stderr, "tftp round %d %-7s %-50s %7.1f MB/s errors=%d server-cpu=%.2fs\n", r, serverNames[si], c.label, res.MBps, res.Errors, res.ServerCPU)
+				rep.tftp[c.label][si] = append(rep.tftp[c.label][si], res)
 			}
 			s.stop()
 		}
@@ -431,6 +484,9 @@ type report struct {
 	tftpFiles         []fileDesc
 	tftp              map[string]*[2][]tftpResult
 	dhcp              [][2][]dhcpResult // per scenario, per server
+	httpFiles         []fileDesc
+	httpTotal         int64
+	http              *[2][]httpResult // per server
 }
 
 func machineInfo() []string {
@@ -494,6 +550,7 @@ func (r *report) markdown() string {
 	w("- Topology: two network namespaces joined by one veth pair (MTU 1500), server %s, client %s; servers run one at a time.\n\n", serverIP, clientIP)
 	if r.tftp != nil {
 		w("### TFTP: %d parallel clients, blksize 1468 asked, every copy's sha256 checked\n\n", r.opts.clients)
+		w("Clients: pin/tftp (Go, asks blksize and tsize, no windowsize: lock-step) and Debian's atftp (asks blksize, tsize and windowsize; dnsmasq does not implement RFC 7440 and answers it lock-step).\n\n")
 		w("Aggregate throughput (MB = 10^6 bytes) per round; the ratio is of the medians.\n\n")
 		w("Server CPU is the server process's user+system time during the load, summed over the rounds.\n\n")
 		w("| file | dnsmasq MB/s | pumi MB/s | median dnsmasq | median pumi | pumi/dnsmasq | server CPU s d/p | errors d/p |\n|---|---|---|---|---|---|---|---|\n")
@@ -516,6 +573,28 @@ func (r *report) markdown() string {
 				strings.Join(cols[0], ", "), strings.Join(cols[1], ", "), md, mp, mp/md, cpu[0], cpu[1], errs[0], errs[1])
 		}
 		w("\n")
+	}
+	if r.http != nil {
+		w("### HTTP: %d seats fetching the Clonezilla boot files at once, pumi (internal/boot) vs nginx\n\n", r.opts.httpClients)
+		w("Each client GETs the kernel and the initrd whole, then the squashfs in 4 MiB Range requests, over keep-alive ")
+		w("connections (Go's HTTP client); every byte is compared with the served file. Files: ")
+		for i, f := range r.httpFiles {
+			if i > 0 {
+				w(", ")
+			}
+			w("%s %d MiB", f.name, f.size>>20)
+		}
+		w(" (%.0f MB per seat). nginx %s: `sendfile on`, one worker per core, no access log; pumi logs every request ", float64(r.httpTotal)/1e6, nginxVersion())
+		w("at info level as the appliance does. Server CPU is user+system of the server and its children (nginx's workers).\n\n")
+		w("| server | round | MB/s aggregate | requests | median seat s | slowest seat s | server CPU s | errors |\n|---|---|---|---|---|---|---|---|\n")
+		var agg [2][]float64
+		for si := range 2 {
+			for i, x := range r.http[si] {
+				w("| %s | %d | %.1f | %d | %.1f | %.1f | %.2f | %d |\n", httpServerNames[si], i, x.MBps, x.Requests, x.MedianSec, x.MaxSec, x.ServerCPU, x.Errors)
+				agg[si] = append(agg[si], x.MBps)
+			}
+		}
+		w("\nMedian aggregate: nginx %.1f MB/s, pumi %.1f MB/s: pumi/nginx **%.2f×**.\n\n", median(agg[0]), median(agg[1]), median(agg[1])/median(agg[0]))
 	}
 	if len(r.dhcp) > 0 {
 		w("### DHCP: %d distinct MACs, DISCOVER→OFFER→REQUEST→ACK, full mode\n\n", r.opts.macs)
