@@ -47,6 +47,10 @@ type options struct {
 	httpClients int
 	skipDHCP    bool
 	leaseDir    string
+
+	skipAppliance bool
+	applianceBin  string
+	pxe           bool
 }
 
 func orchestrate(ctx context.Context, args []string) error {
@@ -63,6 +67,8 @@ func orchestrate(ctx context.Context, args []string) error {
 	fl.BoolVar(&o.skipTFTP, "skip-tftp", false, "skip the TFTP part")
 	fl.BoolVar(&o.skipDHCP, "skip-dhcp", false, "skip the DHCP part")
 	fl.BoolVar(&o.skipHTTP, "skip-http", false, "skip the HTTP part")
+	fl.BoolVar(&o.skipAppliance, "skip-appliance", false, "DHCP: do not run the real pumi-appliance binary beside dnsmasq and pumi's DHCP")
+	fl.BoolVar(&o.pxe, "pxe", true, "DHCP: clients send PXE options (class PXEClient, arch 7), as lab PCs' firmware does")
 	fl.IntVar(&o.squashfs, "squashfs", 350<<20, "size of the Clonezilla-like squashfs the HTTP clients fetch")
 	fl.IntVar(&o.httpClients, "http-clients", 40, "parallel HTTP clients (seats)")
 	fl.StringVar(&o.leaseDir, "lease-dir", "", "directory for both servers' lease files (default: a temporary directory under $TMPDIR); /dev/shm shows the cost of fsync")
@@ -123,7 +129,12 @@ func orchestrate(ctx context.Context, args []string) error {
 		}
 	}
 	if !o.skipDHCP {
-		rep.dhcp = make([][2][]dhcpResult, len(dhcpScenarios))
+		rep.dhcp = make([][3][]dhcpResult, len(dhcpScenarios))
+		if !o.skipAppliance {
+			if o.applianceBin, err = buildAppliance(ctx, work); err != nil {
+				return err
+			}
+		}
 		if err := runDHCP(ctx, env, self, &o, rep); err != nil {
 			return err
 		}
@@ -323,6 +334,10 @@ func writeRandom(path string, n int) (string, error) {
 
 var serverNames = [2]string{"dnsmasq", "pumi"}
 
+// dhcpServerNames: pumi is internal/netboot started directly (in-memory
+// admission, JSON lease file); pumi-appliance is the real appliance binary.
+var dhcpServerNames = [3]string{"dnsmasq", "pumi", "pumi-appliance"}
+
 // order alternates who goes first, so neither always runs on a warmer (or
 // busier) machine.
 func order(round int) [2]int {
@@ -425,37 +440,49 @@ func runDHCP(ctx context.Context, e *env, self string, o *options, rep *report) 
 }
 
 func runDHCPScenario(ctx context.Context, e *env, self string, o *options, rep *report, sc int, pace string) error {
+	servers := 2
+	if !o.skipAppliance {
+		servers = 3
+	}
 	for r := 0; r < o.rounds; r++ {
-		for _, si := range order(r) {
-			// A fresh lease file each time: every burst is 1,000 new clients.
+		for k := range servers {
+			si := (k + r) % servers // who goes first rotates
+			// A fresh lease file (state) each time: every burst is 1,000 new clients.
 			dir := e.work
 			if o.leaseDir != "" {
 				dir = o.leaseDir
 			}
-			leases := filepath.Join(dir, fmt.Sprintf("netbench-%d-%s-%d-%d.leases", os.Getpid(), serverNames[si], sc, r))
-			defer os.Remove(leases)
+			leases := filepath.Join(dir, fmt.Sprintf("netbench-%d-%s-%d-%d.leases", os.Getpid(), dhcpServerNames[si], sc, r))
+			defer os.RemoveAll(leases)
 			var argv []string
-			if si == 0 {
+			switch si {
+			case 0:
 				argv = []string{"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
 					"--interface=" + serverIf, "--bind-interfaces", "--dhcp-authoritative",
 					"--dhcp-range=" + rangeStart + "," + rangeEnd + ",255.255.0.0,12h",
 					"--dhcp-option=option:router," + serverIP,
 					"--dhcp-leasefile=" + leases, "--dhcp-lease-max=100000", "--no-ping",
 					"--pid-file=" + filepath.Join(e.work, "dnsmasq.pid"), "--log-facility=-"}
-			} else {
+			case 1:
 				argv = []string{self, "dhcp-serve", "-iface", serverIf, "-server-ip", serverIP, "-subnet", subnet,
 					"-range-start", rangeStart, "-range-end", rangeEnd, "-leases", leases}
 				if o.profile != "" {
 					argv = append(argv, "-cpuprofile", filepath.Join(o.profile, fmt.Sprintf("dhcp-round%d.pprof", r)))
 				}
 			}
-			s, err := e.start(ctx, serverNames[si], 67, argv...)
+			var s *server
+			var err error
+			if si == 2 {
+				s, err = e.startAppliance(ctx, o.applianceBin, leases, o.macs)
+			} else {
+				s, err = e.start(ctx, dhcpServerNames[si], 67, argv...)
+			}
 			if err != nil {
 				return err
 			}
 			drops0, cpu0 := e.rcvbufErrors(), s.cpuSeconds()
 			var res dhcpResult
-			err = e.load(ctx, self, &res, "dhcp-load", "-iface", clientIf, "-n", fmt.Sprint(o.macs), "-pace", pace)
+			err = e.load(ctx, self, &res, "dhcp-load", "-iface", clientIf, "-n", fmt.Sprint(o.macs), "-pace", pace, fmt.Sprintf("-pxe=%v", o.pxe))
 			res.ServerDrops = e.rcvbufErrors() - drops0
 			res.ServerCPU = s.cpuSeconds() - cpu0
 			s.stop()
@@ -463,8 +490,8 @@ func runDHCPScenario(ctx context.Context, e *env, self string, o *options, rep *
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "server-drops=%d ", res.ServerDrops)
-			fmt.Fprintf(os.Stderr, "dhcp round %d %-7s offers=%d acks=%d/%d first-try=%d retrans=%d naks=%d dup=%d unmatched=%d p50=%.1fms p99=%.1fms (log %s)\n",
-				r, serverNames[si], res.Offers, res.Acks, res.MACs, res.AcksFirst, res.Retrans, res.Naks, res.DupIPs, res.Unmatched, res.AckP50, res.AckP99, s.log)
+			fmt.Fprintf(os.Stderr, "dhcp round %d %-14s offers=%d acks=%d/%d first-try=%d retrans=%d naks=%d dup=%d unmatched=%d p50=%.1fms p99=%.1fms (log %s)\n",
+				r, dhcpServerNames[si], res.Offers, res.Acks, res.MACs, res.AcksFirst, res.Retrans, res.Naks, res.DupIPs, res.Unmatched, res.AckP50, res.AckP99, s.log)
 			rep.dhcp[sc][si] = append(rep.dhcp[sc][si], res)
 		}
 	}
@@ -483,7 +510,7 @@ type report struct {
 	started, finished time.Time
 	tftpFiles         []fileDesc
 	tftp              map[string]*[2][]tftpResult
-	dhcp              [][2][]dhcpResult // per scenario, per server
+	dhcp              [][3][]dhcpResult // per scenario, per server (dhcpServerNames)
 	httpFiles         []fileDesc
 	httpTotal         int64
 	http              *[2][]httpResult // per server
@@ -598,6 +625,14 @@ func (r *report) markdown() string {
 	}
 	if len(r.dhcp) > 0 {
 		w("### DHCP: %d distinct MACs, DISCOVER→OFFER→REQUEST→ACK, full mode\n\n", r.opts.macs)
+		w("Servers: dnsmasq; pumi = `internal/netboot` started directly (in-memory admission, JSON lease file); ")
+		w("pumi-appliance = the real `cmd/pumi-appliance` binary with a fresh state directory each round, configured through ")
+		w("its JSON API (full-mode netboot, the %d MACs uploaded as its inventory, each with a reserved address), so its ", r.opts.macs)
+		w("answers go through its own admission and \"seen\" records and its leases into its state file. ")
+		if r.opts.pxe {
+			w("Clients send PXE options (class `PXEClient:Arch:00007`, option 93 = 7) in DISCOVER and REQUEST, as lab PCs' firmware does.")
+		}
+		w("\n\n")
 		where := "a temporary directory on " + fsType(os.TempDir())
 		if r.opts.leaseDir != "" {
 			where = r.opts.leaseDir + " (" + fsType(r.opts.leaseDir) + ")"
@@ -612,11 +647,11 @@ func (r *report) markdown() string {
 			res := r.dhcp[sc]
 			w("#### %s\n\n", scen.name)
 			w("| server | round | ACKed | of them 1st try | retrans. | server drops | NAKs | dup. IPs | offer p50 | offer p99 | ACK p50 | ACK p99 | ACK max | last ACK s | server CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-			var p99, p50 [2][]float64
-			var acked [2]int
-			for si := range 2 {
+			var p99, p50 [3][]float64
+			var acked [3]int
+			for si := range 3 {
 				for i, x := range res[si] {
-					w("| %s | %d | %d/%d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", serverNames[si], i, x.Acks, x.MACs,
+					w("| %s | %d | %d/%d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", dhcpServerNames[si], i, x.Acks, x.MACs,
 						x.AcksFirst, x.Retrans, x.ServerDrops, x.Naks, x.DupIPs, x.OfferP50, x.OfferP99, x.AckP50, x.AckP99, x.AckMax, x.Seconds, x.ServerCPU)
 					p99[si] = append(p99[si], x.AckP99)
 					p50[si] = append(p50[si], x.AckP50)
@@ -628,6 +663,10 @@ func (r *report) markdown() string {
 				median(p50[0]), median(p50[1]), median(p50[1])/median(p50[0]))
 			w("ACK p99 dnsmasq %.1f ms, pumi %.1f ms (pumi/dnsmasq **%.2f×**; below 1 means pumi is faster). ",
 				median(p99[0]), median(p99[1]), median(p99[1])/median(p99[0]))
+			if len(res[2]) > 0 {
+				w("The appliance: %d/%d answered; ACK p50 %.1f ms (appliance/dnsmasq **%.2f×**), ACK p99 %.1f ms (appliance/dnsmasq **%.2f×**). ",
+					acked[2], len(res[2])*r.opts.macs, median(p50[2]), median(p50[2])/median(p50[0]), median(p99[2]), median(p99[2])/median(p99[0]))
+			}
 			w("p50/p99 are over the ACKed MACs only.\n\n")
 		}
 	}

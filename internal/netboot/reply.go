@@ -31,6 +31,7 @@ type handler struct {
 	leases   LeaseStore
 	log      *slog.Logger
 	noisy    *limitedLog // lines any outsider can cause per packet
+	seenQ    *seenQueue  // nil: Seen is called directly (the handler's unit tests)
 	now      func() time.Time
 
 	mu       sync.Mutex
@@ -156,6 +157,10 @@ func (h *handler) seen(req *dhcpv4.DHCPv4, c client) {
 	}
 	if ip, ok := netip.AddrFromSlice(req.ClientIPAddr.To4()); ok && !ip.IsUnspecified() {
 		info.IP = ip
+	}
+	if h.seenQ != nil {
+		h.seenQ.push(mac, info)
+		return
 	}
 	h.adm.Seen(mac, info)
 }

@@ -72,6 +72,10 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 
 	var wg sync.WaitGroup
+	seenCtx, stopSeen := context.WithCancel(context.Background())
+	seenDone := make(chan struct{})
+	go func() { defer close(seenDone); s.h.seenQ.run(seenCtx) }()
+	defer func() { stopSeen(); <-seenDone }() // after the DHCP loops: every answered client is reported
 	for _, d := range l.dhcp {
 		wg.Go(func() { s.serveDHCP(ctx, d) })
 	}
