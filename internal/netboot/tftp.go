@@ -57,14 +57,12 @@ const (
 	tftpMaxPerClient = tftpMaxTransfers / 4
 )
 
-// TFTP error codes (RFC 1350, 2347).
+// TFTP error codes used (RFC 1350).
 const (
-	tftpErrUndefined   = 0
-	tftpErrNotFound    = 1
-	tftpErrAccess      = 2
-	tftpErrIllegalOp   = 4
-	tftpErrUnknownTID  = 5
-	tftpErrOptionsDeny = 8
+	tftpErrUndefined = 0
+	tftpErrNotFound  = 1
+	tftpErrAccess    = 2
+	tftpErrIllegalOp = 4
 )
 
 // TFTP opcodes.
