@@ -20,6 +20,7 @@ import (
 
 	"github.com/insomniacslk/dhcp/dhcpv4"
 	"github.com/insomniacslk/dhcp/dhcpv4/server4"
+	"github.com/insomniacslk/dhcp/iana"
 
 	"github.com/pumi-lab/pumi/assets"
 	"github.com/pumi-lab/pumi/internal/netboot"
@@ -131,6 +132,7 @@ func dhcpLoad(ctx context.Context, args []string) error {
 	iface := fl.String("iface", "", "interface to send from")
 	n := fl.Int("n", 1000, "distinct MACs")
 	pace := fl.Duration("pace", 0, "gap between first DISCOVERs (0: back to back)")
+	pxe := fl.Bool("pxe", false, "send PXE options (class PXEClient, arch 7) as UEFI firmware does")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -153,6 +155,13 @@ func dhcpLoad(ctx context.Context, args []string) error {
 	var base [4]byte
 	rand.Read(base[:])
 	xid0 := binary.BigEndian.Uint32(base[:])
+	var pxeMods []dhcpv4.Modifier
+	if *pxe {
+		pxeMods = []dhcpv4.Modifier{
+			dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
+			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)),
+		}
+	}
 	macs := make([]net.HardwareAddr, *n)
 	discovers := make([][]byte, *n)
 	index := make(map[dhcpv4.TransactionID]int, *n)
@@ -161,7 +170,7 @@ func dhcpLoad(ctx context.Context, args []string) error {
 		var x dhcpv4.TransactionID
 		binary.BigEndian.PutUint32(x[:], xid0+uint32(i))
 		index[x] = i
-		d, err := dhcpv4.NewDiscovery(macs[i], dhcpv4.WithTransactionID(x), dhcpv4.WithBroadcast(true))
+		d, err := dhcpv4.NewDiscovery(macs[i], append([]dhcpv4.Modifier{dhcpv4.WithTransactionID(x), dhcpv4.WithBroadcast(true)}, pxeMods...)...)
 		if err != nil {
 			return err
 		}
@@ -199,7 +208,7 @@ func dhcpLoad(ctx context.Context, args []string) error {
 				if s.offerAt == 0 {
 					s.offerAt = now
 					res.Offers++
-					req, err := dhcpv4.NewRequestFromOffer(p, dhcpv4.WithBroadcast(true))
+					req, err := dhcpv4.NewRequestFromOffer(p, append([]dhcpv4.Modifier{dhcpv4.WithBroadcast(true)}, pxeMods...)...)
 					if err == nil {
 						s.request = req.ToBytes()
 						s.lastTx, s.tries = now, 0

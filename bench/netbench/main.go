@@ -41,6 +41,10 @@ func main() {
 		err = tftpLoad(ctx, os.Args[2:])
 	case "dhcp-load":
 		err = dhcpLoad(ctx, os.Args[2:])
+	case "http-serve":
+		err = httpServe(ctx, os.Args[2:])
+	case "http-load":
+		err = httpLoad(ctx, os.Args[2:])
 	default:
 		err = orchestrate(ctx, os.Args[1:])
 	}

@@ -33,16 +33,24 @@ const (
 )
 
 type options struct {
-	out      string
-	rounds   int
-	clients  int
-	macs     int
-	small    int
-	large    int
-	profile  string
-	skipTFTP bool
-	skipDHCP bool
-	leaseDir string
+	out         string
+	rounds      int
+	clients     int
+	macs        int
+	small       int
+	large       int
+	profile     string
+	window      int
+	skipTFTP    bool
+	skipHTTP    bool
+	squashfs    int
+	httpClients int
+	skipDHCP    bool
+	leaseDir    string
+
+	skipAppliance bool
+	applianceBin  string
+	pxe           bool
 }
 
 func orchestrate(ctx context.Context, args []string) error {
@@ -55,8 +63,14 @@ func orchestrate(ctx context.Context, args []string) error {
 	fl.IntVar(&o.small, "small", 1<<20, "size of the iPXE-sized file in bytes")
 	fl.IntVar(&o.large, "large", 30<<20, "size of the large file in bytes")
 	fl.StringVar(&o.profile, "cpuprofile-dir", "", "write CPU profiles of pumi's servers into this directory")
+	fl.IntVar(&o.window, "windowsize", 16, "TFTP windowsize the atftp clients ask for (0: no atftp runs)")
 	fl.BoolVar(&o.skipTFTP, "skip-tftp", false, "skip the TFTP part")
 	fl.BoolVar(&o.skipDHCP, "skip-dhcp", false, "skip the DHCP part")
+	fl.BoolVar(&o.skipHTTP, "skip-http", false, "skip the HTTP part")
+	fl.BoolVar(&o.skipAppliance, "skip-appliance", false, "DHCP: do not run the real pumi-appliance binary beside dnsmasq and pumi's DHCP")
+	fl.BoolVar(&o.pxe, "pxe", true, "DHCP: clients send PXE options (class PXEClient, arch 7), as lab PCs' firmware does")
+	fl.IntVar(&o.squashfs, "squashfs", 350<<20, "size of the Clonezilla-like squashfs the HTTP clients fetch")
+	fl.IntVar(&o.httpClients, "http-clients", 40, "parallel HTTP clients (seats)")
 	fl.StringVar(&o.leaseDir, "lease-dir", "", "directory for both servers' lease files (default: a temporary directory under $TMPDIR); /dev/shm shows the cost of fsync")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -64,9 +78,9 @@ func orchestrate(ctx context.Context, args []string) error {
 	if os.Geteuid() != 0 {
 		return errors.New("needs root (network namespaces): run it with sudo")
 	}
-	for _, p := range []string{"ip", "dnsmasq", "ss"} {
+	for _, p := range []string{"ip", "dnsmasq", "ss", "atftp", "nginx"} {
 		if _, err := exec.LookPath(p); err != nil {
-			return fmt.Errorf("needs %s on PATH (Debian: iproute2, dnsmasq-base)", p)
+			return fmt.Errorf("needs %s on PATH (Debian: iproute2, dnsmasq-base, atftp, nginx-light)", p)
 		}
 	}
 	if o.macs > 16000 {
@@ -109,8 +123,18 @@ func orchestrate(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	if !o.skipHTTP {
+		if err := runHTTP(ctx, env, self, &o, rep); err != nil {
+			return err
+		}
+	}
 	if !o.skipDHCP {
-		rep.dhcp = make([][2][]dhcpResult, len(dhcpScenarios))
+		rep.dhcp = make([][3][]dhcpResult, len(dhcpScenarios))
+		if !o.skipAppliance {
+			if o.applianceBin, err = buildAppliance(ctx, work); err != nil {
+				return err
+			}
+		}
 		if err := runDHCP(ctx, env, self, &o, rep); err != nil {
 			return err
 		}
@@ -215,7 +239,7 @@ func (e *env) start(ctx context.Context, name string, port int, argv ...string) 
 	go func() { cmd.Process.Wait(); close(exited) }()
 	// Ready when the port is bound; the server has to be up within 15 s.
 	for i := 0; i < 300; i++ {
-		out, _ := exec.Command("ip", "netns", "exec", e.srv, "ss", "-Hlun").Output()
+		out, _ := exec.Command("ip", "netns", "exec", e.srv, "ss", "-Hlntu").Output()
 		if bytes.Contains(out, []byte(fmt.Sprintf(":%d ", port))) {
 			return s, nil
 		}
@@ -230,7 +254,7 @@ func (e *env) start(ctx context.Context, name string, port int, argv ...string) 
 		}
 	}
 	s.stop()
-	return nil, fmt.Errorf("%s did not bind UDP port %d within 15 s (log: %s)", name, port, logf)
+	return nil, fmt.Errorf("%s did not bind port %d within 15 s (log: %s)", name, port, logf)
 }
 
 // cpuSeconds is the CPU time (user+system) the server process has used so far.
@@ -250,6 +274,28 @@ func (s *server) cpuSeconds() float64 {
 	fmt.Sscan(f[11], &ut)
 	fmt.Sscan(f[12], &st)
 	return (ut + st) / 100
+}
+
+// cpuSecondsTree is cpuSeconds of the server and its child processes (nginx's
+// workers).
+func (s *server) cpuSecondsTree() float64 {
+	total := s.cpuSeconds()
+	ents, _ := os.ReadDir("/proc")
+	for _, d := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) < 13 || f[1] != fmt.Sprint(s.cmd.Process.Pid) {
+			continue
+		}
+		var ut, st float64
+		fmt.Sscan(f[11], &ut)
+		fmt.Sscan(f[12], &st)
+		total += (ut + st) / 100
+	}
+	return total
 }
 
 func (s *server) stop() {
@@ -288,6 +334,10 @@ func writeRandom(path string, n int) (string, error) {
 
 var serverNames = [2]string{"dnsmasq", "pumi"}
 
+// dhcpServerNames: pumi is internal/netboot started directly (in-memory
+// admission, JSON lease file); pumi-appliance is the real appliance binary.
+var dhcpServerNames = [3]string{"dnsmasq", "pumi", "pumi-appliance"}
+
 // order alternates who goes first, so neither always runs on a warmer (or
 // busier) machine.
 func order(round int) [2]int {
@@ -313,10 +363,27 @@ func runTFTP(ctx context.Context, e *env, self string, o *options, rep *report) 
 			return err
 		}
 	}
+	// Each file is fetched twice per round: by pin/tftp clients, which ask
+	// for no windowsize (lock-step, RFC 1350), and by atftp clients asking
+	// for windowsize (RFC 7440). dnsmasq ignores windowsize, so with atftp
+	// it still answers lock-step; pumi sends o.window blocks per ACK.
+	type tcase struct {
+		label string
+		file  int
+		win   int
+	}
+	var cases []tcase
 	rep.tftp = map[string]*[2][]tftpResult{}
-	for _, f := range files {
-		rep.tftp[f.name] = &[2][]tftpResult{}
-		rep.tftpFiles = append(rep.tftpFiles, fileDesc{f.name, f.size})
+	for i, f := range files {
+		cs := []tcase{{f.name + ", no windowsize (pin/tftp)", i, 0}}
+		if o.window > 0 {
+			cs = append(cs, tcase{fmt.Sprintf("%s, windowsize %d asked (atftp)", f.name, o.window), i, o.window})
+		}
+		for _, c := range cs {
+			rep.tftp[c.label] = &[2][]tftpResult{}
+			rep.tftpFiles = append(rep.tftpFiles, fileDesc{c.label, f.size})
+		}
+		cases = append(cases, cs...)
 	}
 	for r := 0; r < o.rounds; r++ {
 		for _, si := range order(r) {
@@ -335,18 +402,19 @@ func runTFTP(ctx context.Context, e *env, self string, o *options, rep *report) 
 			if err != nil {
 				return err
 			}
-			for _, f := range files {
+			for _, c := range cases {
+				f := files[c.file]
 				var res tftpResult
 				cpu0 := s.cpuSeconds()
 				err := e.load(ctx, self, &res, "tftp-load", "-server", serverIP+":69", "-file", f.name,
-					"-clients", fmt.Sprint(o.clients), "-blksize", "1468", "-sha256", f.sum)
+					"-clients", fmt.Sprint(o.clients), "-blksize", "1468", "-sha256", f.sum, "-atftp-window", fmt.Sprint(c.win))
 				if err != nil {
 					s.stop()
 					return err
 				}
 				res.ServerCPU = s.cpuSeconds() - cpu0
-				fmt.Fprintf(os.Stderr, "tftp round %d %-7s %-14s %7.1f MB/s errors=%d server-cpu=%.2fs\n", r, serverNames[si], f.name, res.MBps, res.Errors, res.ServerCPU)
-				rep.tftp[f.name][si] = append(rep.tftp[f.name][si], res)
+				fmt.Fprintf(os.Stderr, "tftp round %d %-7s %-50s %7.1f MB/s errors=%d server-cpu=%.2fs\n", r, serverNames[si], c.label, res.MBps, res.Errors, res.ServerCPU)
+				rep.tftp[c.label][si] = append(rep.tftp[c.label][si], res)
 			}
 			s.stop()
 		}
@@ -372,37 +440,49 @@ func runDHCP(ctx context.Context, e *env, self string, o *options, rep *report) 
 }
 
 func runDHCPScenario(ctx context.Context, e *env, self string, o *options, rep *report, sc int, pace string) error {
+	servers := 2
+	if !o.skipAppliance {
+		servers = 3
+	}
 	for r := 0; r < o.rounds; r++ {
-		for _, si := range order(r) {
-			// A fresh lease file each time: every burst is 1,000 new clients.
+		for k := range servers {
+			si := (k + r) % servers // who goes first rotates
+			// A fresh lease file (state) each time: every burst is 1,000 new clients.
 			dir := e.work
 			if o.leaseDir != "" {
 				dir = o.leaseDir
 			}
-			leases := filepath.Join(dir, fmt.Sprintf("netbench-%d-%s-%d-%d.leases", os.Getpid(), serverNames[si], sc, r))
-			defer os.Remove(leases)
+			leases := filepath.Join(dir, fmt.Sprintf("netbench-%d-%s-%d-%d.leases", os.Getpid(), dhcpServerNames[si], sc, r))
+			defer os.RemoveAll(leases)
 			var argv []string
-			if si == 0 {
+			switch si {
+			case 0:
 				argv = []string{"dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null", "--port=0",
 					"--interface=" + serverIf, "--bind-interfaces", "--dhcp-authoritative",
 					"--dhcp-range=" + rangeStart + "," + rangeEnd + ",255.255.0.0,12h",
 					"--dhcp-option=option:router," + serverIP,
 					"--dhcp-leasefile=" + leases, "--dhcp-lease-max=100000", "--no-ping",
 					"--pid-file=" + filepath.Join(e.work, "dnsmasq.pid"), "--log-facility=-"}
-			} else {
+			case 1:
 				argv = []string{self, "dhcp-serve", "-iface", serverIf, "-server-ip", serverIP, "-subnet", subnet,
 					"-range-start", rangeStart, "-range-end", rangeEnd, "-leases", leases}
 				if o.profile != "" {
 					argv = append(argv, "-cpuprofile", filepath.Join(o.profile, fmt.Sprintf("dhcp-round%d.pprof", r)))
 				}
 			}
-			s, err := e.start(ctx, serverNames[si], 67, argv...)
+			var s *server
+			var err error
+			if si == 2 {
+				s, err = e.startAppliance(ctx, o.applianceBin, leases, o.macs)
+			} else {
+				s, err = e.start(ctx, dhcpServerNames[si], 67, argv...)
+			}
 			if err != nil {
 				return err
 			}
 			drops0, cpu0 := e.rcvbufErrors(), s.cpuSeconds()
 			var res dhcpResult
-			err = e.load(ctx, self, &res, "dhcp-load", "-iface", clientIf, "-n", fmt.Sprint(o.macs), "-pace", pace)
+			err = e.load(ctx, self, &res, "dhcp-load", "-iface", clientIf, "-n", fmt.Sprint(o.macs), "-pace", pace, fmt.Sprintf("-pxe=%v", o.pxe))
 			res.ServerDrops = e.rcvbufErrors() - drops0
 			res.ServerCPU = s.cpuSeconds() - cpu0
 			s.stop()
@@ -410,8 +490,8 @@ func runDHCPScenario(ctx context.Context, e *env, self string, o *options, rep *
 				return err
 			}
 			fmt.Fprintf(os.Stderr, "server-drops=%d ", res.ServerDrops)
-			fmt.Fprintf(os.Stderr, "dhcp round %d %-7s offers=%d acks=%d/%d first-try=%d retrans=%d naks=%d dup=%d unmatched=%d p50=%.1fms p99=%.1fms (log %s)\n",
-				r, serverNames[si], res.Offers, res.Acks, res.MACs, res.AcksFirst, res.Retrans, res.Naks, res.DupIPs, res.Unmatched, res.AckP50, res.AckP99, s.log)
+			fmt.Fprintf(os.Stderr, "dhcp round %d %-14s offers=%d acks=%d/%d first-try=%d retrans=%d naks=%d dup=%d unmatched=%d p50=%.1fms p99=%.1fms (log %s)\n",
+				r, dhcpServerNames[si], res.Offers, res.Acks, res.MACs, res.AcksFirst, res.Retrans, res.Naks, res.DupIPs, res.Unmatched, res.AckP50, res.AckP99, s.log)
 			rep.dhcp[sc][si] = append(rep.dhcp[sc][si], res)
 		}
 	}
@@ -430,7 +510,10 @@ type report struct {
 	started, finished time.Time
 	tftpFiles         []fileDesc
 	tftp              map[string]*[2][]tftpResult
-	dhcp              [][2][]dhcpResult // per scenario, per server
+	dhcp              [][3][]dhcpResult // per scenario, per server (dhcpServerNames)
+	httpFiles         []fileDesc
+	httpTotal         int64
+	http              *[2][]httpResult // per server
 }
 
 func machineInfo() []string {
@@ -494,6 +577,7 @@ func (r *report) markdown() string {
 	w("- Topology: two network namespaces joined by one veth pair (MTU 1500), server %s, client %s; servers run one at a time.\n\n", serverIP, clientIP)
 	if r.tftp != nil {
 		w("### TFTP: %d parallel clients, blksize 1468 asked, every copy's sha256 checked\n\n", r.opts.clients)
+		w("Clients: pin/tftp (Go, asks blksize and tsize, no windowsize: lock-step) and Debian's atftp (asks blksize, tsize and windowsize; dnsmasq does not implement RFC 7440 and answers it lock-step).\n\n")
 		w("Aggregate throughput (MB = 10^6 bytes) per round; the ratio is of the medians.\n\n")
 		w("Server CPU is the server process's user+system time during the load, summed over the rounds.\n\n")
 		w("| file | dnsmasq MB/s | pumi MB/s | median dnsmasq | median pumi | pumi/dnsmasq | server CPU s d/p | errors d/p |\n|---|---|---|---|---|---|---|---|\n")
@@ -517,8 +601,38 @@ func (r *report) markdown() string {
 		}
 		w("\n")
 	}
+	if r.http != nil {
+		w("### HTTP: %d seats fetching the Clonezilla boot files at once, pumi (internal/boot) vs nginx\n\n", r.opts.httpClients)
+		w("Each client GETs the kernel and the initrd whole, then the squashfs in 4 MiB Range requests, over keep-alive ")
+		w("connections (Go's HTTP client); every byte is compared with the served file. Files: ")
+		for i, f := range r.httpFiles {
+			if i > 0 {
+				w(", ")
+			}
+			w("%s %d MiB", f.name, f.size>>20)
+		}
+		w(" (%.0f MB per seat). nginx %s: `sendfile on`, one worker per core, no access log; pumi logs every request ", float64(r.httpTotal)/1e6, nginxVersion())
+		w("at info level as the appliance does. Server CPU is user+system of the server and its children (nginx's workers).\n\n")
+		w("| server | round | MB/s aggregate | requests | median seat s | slowest seat s | server CPU s | errors |\n|---|---|---|---|---|---|---|---|\n")
+		var agg [2][]float64
+		for si := range 2 {
+			for i, x := range r.http[si] {
+				w("| %s | %d | %.1f | %d | %.1f | %.1f | %.2f | %d |\n", httpServerNames[si], i, x.MBps, x.Requests, x.MedianSec, x.MaxSec, x.ServerCPU, x.Errors)
+				agg[si] = append(agg[si], x.MBps)
+			}
+		}
+		w("\nMedian aggregate: nginx %.1f MB/s, pumi %.1f MB/s: pumi/nginx **%.2f×**.\n\n", median(agg[0]), median(agg[1]), median(agg[1])/median(agg[0]))
+	}
 	if len(r.dhcp) > 0 {
 		w("### DHCP: %d distinct MACs, DISCOVER→OFFER→REQUEST→ACK, full mode\n\n", r.opts.macs)
+		w("Servers: dnsmasq; pumi = `internal/netboot` started directly (in-memory admission, JSON lease file); ")
+		w("pumi-appliance = the real `cmd/pumi-appliance` binary with a fresh state directory each round, configured through ")
+		w("its JSON API (full-mode netboot, the %d MACs uploaded as its inventory, each with a reserved address), so its ", r.opts.macs)
+		w("answers go through its own admission and \"seen\" records and its leases into its state file. ")
+		if r.opts.pxe {
+			w("Clients send PXE options (class `PXEClient:Arch:00007`, option 93 = 7) in DISCOVER and REQUEST, as lab PCs' firmware does.")
+		}
+		w("\n\n")
 		where := "a temporary directory on " + fsType(os.TempDir())
 		if r.opts.leaseDir != "" {
 			where = r.opts.leaseDir + " (" + fsType(r.opts.leaseDir) + ")"
@@ -533,11 +647,11 @@ func (r *report) markdown() string {
 			res := r.dhcp[sc]
 			w("#### %s\n\n", scen.name)
 			w("| server | round | ACKed | of them 1st try | retrans. | server drops | NAKs | dup. IPs | offer p50 | offer p99 | ACK p50 | ACK p99 | ACK max | last ACK s | server CPU s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
-			var p99, p50 [2][]float64
-			var acked [2]int
-			for si := range 2 {
+			var p99, p50 [3][]float64
+			var acked [3]int
+			for si := range 3 {
 				for i, x := range res[si] {
-					w("| %s | %d | %d/%d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", serverNames[si], i, x.Acks, x.MACs,
+					w("| %s | %d | %d/%d | %d | %d | %d | %d | %d | %.1f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", dhcpServerNames[si], i, x.Acks, x.MACs,
 						x.AcksFirst, x.Retrans, x.ServerDrops, x.Naks, x.DupIPs, x.OfferP50, x.OfferP99, x.AckP50, x.AckP99, x.AckMax, x.Seconds, x.ServerCPU)
 					p99[si] = append(p99[si], x.AckP99)
 					p50[si] = append(p50[si], x.AckP50)
@@ -549,6 +663,10 @@ func (r *report) markdown() string {
 				median(p50[0]), median(p50[1]), median(p50[1])/median(p50[0]))
 			w("ACK p99 dnsmasq %.1f ms, pumi %.1f ms (pumi/dnsmasq **%.2f×**; below 1 means pumi is faster). ",
 				median(p99[0]), median(p99[1]), median(p99[1])/median(p99[0]))
+			if len(res[2]) > 0 {
+				w("The appliance: %d/%d answered; ACK p50 %.1f ms (appliance/dnsmasq **%.2f×**), ACK p99 %.1f ms (appliance/dnsmasq **%.2f×**). ",
+					acked[2], len(res[2])*r.opts.macs, median(p50[2]), median(p50[2])/median(p50[0]), median(p99[2]), median(p99[2])/median(p99[0]))
+			}
 			w("p50/p99 are over the ACKed MACs only.\n\n")
 		}
 	}

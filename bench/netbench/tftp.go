@@ -8,9 +8,12 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime/pprof"
 	"sort"
 	"sync"
@@ -76,9 +79,15 @@ func tftpLoad(ctx context.Context, args []string) error {
 	clients := fl.Int("clients", 20, "parallel clients")
 	blksize := fl.Int("blksize", 1468, "blksize to ask for")
 	want := fl.String("sha256", "", "expected sha256 of the file")
+	window := fl.Int("atftp-window", 0, "use atftp (Debian's, a real RFC 7440 client) asking for this windowsize instead of the pin/tftp client")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
+	tmp, err := os.MkdirTemp("", "tftp-load-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
 	var (
 		mu    sync.Mutex
 		res   = tftpResult{Clients: *clients}
@@ -89,7 +98,13 @@ func tftpLoad(ctx context.Context, args []string) error {
 	for i := 0; i < *clients; i++ {
 		wg.Go(func() {
 			t0 := time.Now()
-			n, err := fetchOnce(*server, *file, *blksize, *want)
+			var n int64
+			var err error
+			if *window > 0 {
+				n, err = fetchAtftp(ctx, *server, *file, *blksize, *window, *want, filepath.Join(tmp, fmt.Sprint(i)))
+			} else {
+				n, err = fetchOnce(*server, *file, *blksize, *want)
+			}
 			d := time.Since(t0).Seconds()
 			mu.Lock()
 			defer mu.Unlock()
@@ -109,6 +124,36 @@ func tftpLoad(ctx context.Context, args []string) error {
 	sort.Float64s(times)
 	res.MedianSec = times[len(times)/2]
 	return json.NewEncoder(os.Stdout).Encode(res)
+}
+
+// fetchAtftp fetches file with atftp asking for blksize and windowsize,
+// into local, and checks its sha256.
+func fetchAtftp(ctx context.Context, server, file string, blksize, window int, want, local string) (int64, error) {
+	host, port, err := net.SplitHostPort(server)
+	if err != nil {
+		return 0, err
+	}
+	out, err := exec.CommandContext(ctx, "atftp", "--option", fmt.Sprintf("blksize %d", blksize),
+		"--option", fmt.Sprintf("windowsize %d", window), "--option", "tsize 0",
+		"-g", "-r", file, "-l", local, host, port).CombinedOutput()
+	if err != nil {
+		return 0, fmt.Errorf("atftp: %w: %s", err, out)
+	}
+	defer os.Remove(local)
+	f, err := os.Open(local)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return n, err
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); want != "" && got != want {
+		return n, errors.New("content differs (sha256 " + got + ")")
+	}
+	return n, nil
 }
 
 func fetchOnce(server, file string, blksize int, want string) (int64, error) {

@@ -8,24 +8,30 @@ import (
 )
 
 // StaticAdmission admits a fixed set of MACs (pumi-netboot's known_macs) and
-// remembers every PXE client it has seen, logging an unknown one once.
+// remembers the PXE clients it has seen (at most maxSeen; made-up MACs
+// cannot grow it further), logging an unknown one once (rate-limited).
 type StaticAdmission struct {
 	known map[string]bool
 	log   *slog.Logger
 	// chains: per-MAC boot chain (chain.go); set before serving, read-only after.
 	chains       map[string]Chain
 	defaultChain Chain
+	noisy        *limitedLog
 
 	mu   sync.Mutex
 	seen map[string]ClientInfo
 }
+
+// maxSeen bounds the remembered clients: a lab has hundreds of PCs; a flood
+// of DISCOVERs from random MACs has as many as it likes.
+const maxSeen = 4096
 
 // NewStaticAdmission admits exactly macs.
 func NewStaticAdmission(macs []net.HardwareAddr, log *slog.Logger) *StaticAdmission {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &StaticAdmission{known: map[string]bool{}, log: log, seen: map[string]ClientInfo{}}
+	a := &StaticAdmission{known: map[string]bool{}, log: log, noisy: newLimitedLog(log, nil), seen: map[string]ClientInfo{}}
 	for _, m := range macs {
 		a.known[m.String()] = true
 	}
@@ -41,10 +47,12 @@ func (a *StaticAdmission) Seen(mac net.HardwareAddr, info ClientInfo) {
 	k := mac.String()
 	a.mu.Lock()
 	_, before := a.seen[k]
-	a.seen[k] = info
+	if before || len(a.seen) < maxSeen || a.known[k] {
+		a.seen[k] = info
+	}
 	a.mu.Unlock()
 	if !before && !a.known[k] {
-		a.log.Info("seen", "mac", k, "firmware", info.Firmware, "arch", info.Arch, "vendor_class", info.VendorClass, "note", "unknown MAC: add it to known_macs to let it netboot")
+		a.noisy.Log(slog.LevelInfo, "seen", "mac", k, "firmware", info.Firmware, "arch", info.Arch, "vendor_class", info.VendorClass, "note", "unknown MAC: add it to known_macs to let it netboot")
 	}
 }
 

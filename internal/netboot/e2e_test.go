@@ -369,6 +369,7 @@ func (e *env) assertFirmwareChain(t *testing.T, mac string, recs []logRecord) {
 		if r.Attrs["blksize"] == "512" {
 			t.Errorf("TFTP transfer fell back to 512-byte blocks: %v", r.Attrs)
 		}
+		t.Logf("FIGURE firmware TFTP: %s blksize %s windowsize %s in %s", r.Attrs["file"], r.Attrs["blksize"], r.Attrs["windowsize"], r.Attrs["duration"])
 	}
 }
 

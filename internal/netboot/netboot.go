@@ -86,7 +86,12 @@ type ClientInfo struct {
 // its inventory; StaticAdmission is the file-backed one.
 type Admission interface {
 	Allow(mac net.HardwareAddr) bool
-	Seen(mac net.HardwareAddr, info ClientInfo) // every PXE client, known or not
+	// Seen reports every PXE client, known or not. Server calls it from
+	// one goroutine of its own, in packet order, after or while the answer
+	// goes out (never under the DHCP handler's lock), so it may be slow
+	// (a durable write); when it falls more than 4,096 calls behind, new
+	// ones are dropped and counted in the log.
+	Seen(mac net.HardwareAddr, info ClientInfo)
 }
 
 // Lease is a committed (ACKed) address.
@@ -273,5 +278,6 @@ func New(cfg Config, adm Admission, leases LeaseStore, files fs.FS, log *slog.Lo
 	if err != nil {
 		return nil, err
 	}
+	h.seenQ = newSeenQueue(adm, h.noisy)
 	return &Server{cfg: cfg, h: h, files: files, log: log, ready: make(chan struct{})}, nil
 }

@@ -4,14 +4,23 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 )
 
 // How long an address stays held for a client that was OFFERed it but has not
 // yet REQUESTed it, and how long an address a client DECLINEd (someone else
 // answers ARP for it) is kept out of the pool.
+//
+// A real client REQUESTs within a second of the OFFER (firmware) or a few
+// (dhclient's select timeout), so a few seconds suffice. An offer is also
+// only a preference: when the range has no free address, a new client is
+// offered the address of the oldest pending offer, and a REQUEST for an
+// address that is merely offered to another MAC is granted. So DISCOVERs
+// from any number of made-up MACs cannot lock a real client out (dnsmasq
+// does not hold offers at all).
 const (
-	offerHold   = time.Minute
+	offerHold   = 10 * time.Second
 	declineHold = 10 * time.Minute
 )
 
@@ -23,6 +32,9 @@ type entry struct {
 	expiry   time.Time
 	bound    bool
 	hostname string
+	// offered: an OFFER holds the address (not a REQUEST being written,
+	// which must not be taken away); another client may take it over.
+	offered bool
 }
 
 // pool is the full-mode address book. It is not safe for concurrent use; the
@@ -46,6 +58,11 @@ type pool struct {
 	// down whenever an address leaves byIP, so a burst of new clients costs
 	// one step each instead of a scan of the range each.
 	fresh uint32
+
+	// offers lists offered entries, oldest first, so the range being full
+	// of pending offers costs one step to take the oldest over. Entries no
+	// longer offered are skipped when met and swept when the list grows.
+	offers []*entry
 }
 
 func newPool(cfg Config) *pool {
@@ -167,6 +184,7 @@ func (p *pool) choose(mac string, requested netip.Addr, now time.Time) (netip.Ad
 	if ip, ok := p.lowestUnused(mac, now); ok {
 		return ip, true
 	}
+
 	// Every address has been used: reclaim the lowest expired one. This full
 	// scan only happens when the range is exhausted of fresh addresses.
 	for v := addrToU32(p.start); v <= addrToU32(p.end) && v != 0; v++ {
@@ -177,6 +195,10 @@ func (p *pool) choose(mac string, requested netip.Addr, now time.Time) (netip.Ad
 		if v == ^uint32(0) {
 			break
 		}
+	}
+	// Nothing free at all: take the oldest pending offer over.
+	if e, ok := p.oldestOffer(mac); ok {
+		return e.ip, true
 	}
 	return netip.Addr{}, false
 }
@@ -214,9 +236,49 @@ func (p *pool) offer(mac string, ip netip.Addr, now time.Time) {
 		return
 	}
 	if e, ok := p.byIP[ip]; ok && e.mac != mac {
-		p.drop(e.mac) // an expired lease being reclaimed
+		p.drop(e.mac) // an expired lease or another MAC's offer being taken over
 	}
-	p.set(&entry{mac: mac, ip: ip, expiry: now.Add(offerHold)})
+	e := &entry{mac: mac, ip: ip, expiry: now.Add(offerHold), offered: true}
+	p.set(e)
+	p.offers = append(p.offers, e)
+	if len(p.offers) > 2*len(p.byIP)+64 {
+		p.offers = slices.DeleteFunc(p.offers, func(o *entry) bool { return !p.isOffer(o) })
+	}
+}
+
+// isOffer: e is still the current, offered entry of its address.
+func (p *pool) isOffer(e *entry) bool {
+	return e.offered && !e.bound && p.byIP[e.ip] == e && p.byMAC[e.mac] == e
+}
+
+// oldestOffer is the oldest pending offer to another MAC whose address mac
+// may have, for when the range has nothing free.
+func (p *pool) oldestOffer(mac string) (*entry, bool) {
+	for len(p.offers) > 0 && !p.isOffer(p.offers[0]) {
+		p.offers = p.offers[1:]
+	}
+	for _, e := range p.offers {
+		if p.isOffer(e) && e.mac != mac && p.assignable(e.ip, mac) {
+			return e, true
+		}
+	}
+	return nil, false
+}
+
+// requestable: a REQUEST from mac for ip may be granted: ip is free, or only
+// offered to another MAC (a binding beats an offer; that MAC gets a NAK for
+// it and starts over).
+func (p *pool) requestable(ip netip.Addr, mac string, now time.Time) bool {
+	if p.free(ip, mac, now) {
+		return true
+	}
+	e, ok := p.byIP[ip]
+	return ok && e.mac != mac && p.isOffer(e) && p.assignable(ip, mac) && !p.isDeclined(ip, now)
+}
+
+func (p *pool) isDeclined(ip netip.Addr, now time.Time) bool {
+	until, ok := p.declined[ip]
+	return ok && now.Before(until)
 }
 
 // hold keeps ip for mac (as an offer does) while its lease is being

@@ -9,7 +9,8 @@ import (
 )
 
 // linearChoose is the pool's original search, kept as the reference: the
-// lowest free never-used address, else the lowest free expired one.
+// lowest free never-used address, else the lowest free expired one, else
+// (since offers can be taken over) the oldest pending offer.
 func linearChoose(p *pool, mac string, now time.Time) (netip.Addr, bool) {
 	var expired netip.Addr
 	for v := addrToU32(p.start); v <= addrToU32(p.end); v++ {
@@ -24,7 +25,15 @@ func linearChoose(p *pool, mac string, now time.Time) (netip.Addr, bool) {
 			expired = ip
 		}
 	}
-	return expired, expired.IsValid()
+	if expired.IsValid() {
+		return expired, true
+	}
+	for _, e := range p.offers {
+		if p.isOffer(e) && e.mac != mac && p.assignable(e.ip, mac) {
+			return e.ip, true
+		}
+	}
+	return netip.Addr{}, false
 }
 
 // TestPoolCursorMatchesLinearScan drives a small pool through random offers,

@@ -30,6 +30,8 @@ type handler struct {
 	adm      Admission
 	leases   LeaseStore
 	log      *slog.Logger
+	noisy    *limitedLog // lines any outsider can cause per packet
+	seenQ    *seenQueue  // nil: Seen is called directly (the handler's unit tests)
 	now      func() time.Time
 
 	mu       sync.Mutex
@@ -59,6 +61,7 @@ func newHandler(cfg Config, adm Admission, leases LeaseStore, log *slog.Logger, 
 		adm:      adm,
 		leases:   leases,
 		log:      log,
+		noisy:    newLimitedLog(log, now),
 		now:      now,
 		serverIP: cfg.ServerIP,
 		writing:  map[string]bool{},
@@ -155,6 +158,10 @@ func (h *handler) seen(req *dhcpv4.DHCPv4, c client) {
 	if ip, ok := netip.AddrFromSlice(req.ClientIPAddr.To4()); ok && !ip.IsUnspecified() {
 		info.IP = ip
 	}
+	if h.seenQ != nil {
+		h.seenQ.push(mac, info)
+		return
+	}
 	h.adm.Seen(mac, info)
 }
 
@@ -165,15 +172,15 @@ func (h *handler) pxeTarget(req *dhcpv4.DHCPv4, c client) (bootTarget, bool) {
 		return bootTarget{}, false
 	}
 	if !h.adm.Allow(mac) {
-		h.log.Info("seen PXE client that is not admitted; no boot answer", "mac", mac.String(), "firmware", c.fw.String(), "arch", c.arch)
+		h.noisy.Log(slog.LevelInfo, "seen PXE client that is not admitted; no boot answer", "mac", mac.String(), "firmware", c.fw.String(), "arch", c.arch)
 		return bootTarget{}, false
 	}
 	if c.fw == fwUnsupported {
-		h.log.Warn("unsupported arch: pumi has no boot program for this client", "mac", mac.String(), "arch", c.arch, "vendor_class", c.vendorClass)
+		h.noisy.Log(slog.LevelWarn, "unsupported arch: pumi has no boot program for this client", "mac", mac.String(), "arch", c.arch, "vendor_class", c.vendorClass)
 		return bootTarget{}, false
 	}
 	if c.fw == fwBIOS {
-		h.log.Info("legacy BIOS PXE client: serving undionly.kpxe (UEFI is the tested path)", "mac", mac.String())
+		h.noisy.Log(slog.LevelInfo, "legacy BIOS PXE client: serving undionly.kpxe (UEFI is the tested path)", "mac", mac.String())
 	}
 	t, ok := target(c, h.httpBase, mac)
 	return h.chainTarget(c, mac, t, ok) // the signed chain (chain.go)
@@ -229,7 +236,7 @@ func (h *handler) fullReply(req *dhcpv4.DHCPv4, c client) (*dhcpv4.DHCPv4, *pend
 	if h.writing[mac] {
 		// A retransmission that overtook the write of this client's
 		// previous message; that one's answer is on its way.
-		h.log.Debug("ignoring a request while this client's lease is being written", "mac", mac, "type", req.MessageType().String())
+		h.noisy.Log(slog.LevelDebug, "ignoring a request while this client's lease is being written", "mac", mac, "type", req.MessageType().String())
 		return nil, nil, nil
 	}
 	switch req.MessageType() {
@@ -237,7 +244,7 @@ func (h *handler) fullReply(req *dhcpv4.DHCPv4, c client) (*dhcpv4.DHCPv4, *pend
 		requested, _ := netip.AddrFromSlice(req.RequestedIPAddress().To4())
 		ip, ok := h.pool.choose(mac, requested, now)
 		if !ok {
-			h.log.Warn("DHCP range exhausted: no address to offer; widen the range or shorten the lease time", "mac", mac)
+			h.noisy.Log(slog.LevelWarn, "DHCP range exhausted: no address to offer; widen the range or shorten the lease time", "mac", mac)
 			return nil, nil, nil
 		}
 		h.pool.offer(mac, ip, now)
@@ -272,7 +279,7 @@ func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhc
 		if e, ok := h.pool.byMAC[mac]; ok && !e.bound {
 			h.pool.drop(mac)
 		}
-		h.log.Info("client chose another DHCP server", "mac", mac, "server", sid.String())
+		h.noisy.Log(slog.LevelInfo, "client chose another DHCP server", "mac", mac, "server", sid.String())
 		return nil, nil, nil
 	case requested.IsValid() && !requested.IsUnspecified():
 		want = requested // SELECTING (our server id) or INIT-REBOOT
@@ -288,7 +295,7 @@ func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhc
 		why = fmt.Sprintf("%s is not on this network", want)
 	case reserved && r.IP != want:
 		why = fmt.Sprintf("this MAC is reserved %s", r.IP)
-	case !h.pool.free(want, mac, now):
+	case !h.pool.requestable(want, mac, now):
 		why = fmt.Sprintf("%s is not available", want)
 	}
 	if why != "" {
@@ -316,7 +323,7 @@ func (h *handler) fullRequest(req *dhcpv4.DHCPv4, c client, now time.Time) (*dhc
 }
 
 func (h *handler) nak(req *dhcpv4.DHCPv4, why string) (*dhcpv4.DHCPv4, error) {
-	h.log.Info("NAK", "mac", req.ClientHWAddr.String(), "reason", why)
+	h.noisy.Log(slog.LevelInfo, "NAK", "mac", req.ClientHWAddr.String(), "reason", why)
 	resp, err := dhcpv4.NewReplyFromRequest(req,
 		dhcpv4.WithMessageType(dhcpv4.MessageTypeNak),
 		dhcpv4.WithOption(dhcpv4.OptServerIdentifier(h.serverIPSlice())),

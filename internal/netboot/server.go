@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -71,6 +72,10 @@ func (s *Server) Run(ctx context.Context) error {
 	close(s.ready)
 
 	var wg sync.WaitGroup
+	seenCtx, stopSeen := context.WithCancel(context.Background())
+	seenDone := make(chan struct{})
+	go func() { defer close(seenDone); s.h.seenQ.run(seenCtx) }()
+	defer func() { stopSeen(); <-seenDone }() // after the DHCP loops: every answered client is reported
 	for _, d := range l.dhcp {
 		wg.Go(func() { s.serveDHCP(ctx, d) })
 	}
@@ -271,13 +276,13 @@ func (s *Server) serveDHCP(ctx context.Context, d dhcpSocket) {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			s.log.Warn("DHCP read failed", "port", d.port, "err", err)
+			s.h.noisy.Log(slog.LevelWarn, "DHCP read failed", "port", d.port, "err", err)
 			continue
 		}
 		// FromBytes copies what it keeps, so buf can be reused at once.
 		req, err := dhcpv4.FromBytes(buf[:n])
 		if err != nil {
-			s.log.Debug("ignoring malformed DHCP packet", "from", peer.String(), "err", err)
+			s.h.noisy.Log(slog.LevelDebug, "ignoring malformed DHCP packet", "from", peer.String(), "err", err)
 			continue
 		}
 		slots <- struct{}{}

@@ -334,7 +334,10 @@ func TestTFTPBlockSizeNegotiated(t *testing.T) {
 		{[]string{"blksize", "1024", "tsize", "0"}, map[string]string{"blksize": "1024", "tsize": size}, 1024},
 		{[]string{"blksize", "8192"}, map[string]string{"blksize": "1468"}, 1468}, // capped: one Ethernet frame
 		{[]string{"tsize", "0"}, map[string]string{"tsize": size}, 512},
-		{[]string{"windowsize", "4", "blksize", "1468"}, map[string]string{"blksize": "1468"}, 1468}, // EDK2: windowsize declined
+		{[]string{"windowsize", "4", "blksize", "1468"}, map[string]string{"blksize": "1468", "windowsize": "4"}, 1468}, // EDK2 (RFC 7440)
+		{[]string{"windowsize", "1000"}, map[string]string{"windowsize": "64"}, 512},                                    // capped
+		{[]string{"windowsize", "0", "blksize", "4"}, map[string]string{}, 512},                                         // invalid: ignored
+		{[]string{"BlkSize", "1024", "TIMEOUT", "3"}, map[string]string{"blksize": "1024", "timeout": "3"}, 1024},       // names are case-insensitive
 		{nil, map[string]string{}, 512}, // RFC 1350 client: no OACK, 512
 	}
 	for _, c := range cases {

@@ -66,6 +66,10 @@ type Config struct {
 	// OVMFVars, if set, is the variable store each VM starts from (a copy)
 	// instead of OVMFVars / OVMFVarsMS, e.g. one with other keys enrolled.
 	OVMFVars string
+	// BIOS boots QEMU's default firmware, SeaBIOS, instead of OVMF, and
+	// keeps the NIC's own option ROM (QEMU's iPXE build), which is the
+	// legacy PXE ROM SeaBIOS network-boots with. Use LocalBIOSDisk as Disk.
+	BIOS bool
 }
 
 // KernelArgs belong on every test guest's command line: the serial console
@@ -148,7 +152,13 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 	if c.SecureBoot && c.Kernel != "" {
 		t.Fatalf("testvm: SecureBoot needs the firmware boot (Kernel empty)")
 	}
-	if c.Kernel == "" {
+	if c.SecureBoot && c.BIOS {
+		t.Fatalf("testvm: SecureBoot is OVMF's, not SeaBIOS's")
+	}
+	if c.Kernel == "" && c.BIOS {
+		// SeaBIOS needs no arguments: it is QEMU's default. The boot
+		// order comes from the devices' bootindex below.
+	} else if c.Kernel == "" {
 		vars := filepath.Join(dir, "OVMF_VARS.fd")
 		varsFrom := OVMFVars
 		if c.SecureBoot {
@@ -184,8 +194,12 @@ func Start(t testing.TB, ctx context.Context, c Config) *VM {
 	if c.NS != nil {
 		// romfile= drops QEMU's own iPXE option ROM, so the firmware's
 		// network stack does the PXE boot, as on a real PC.
+		rom := ",romfile="
+		if c.BIOS {
+			rom = "" // SeaBIOS has no network stack of its own: the ROM is its PXE
+		}
 		args = append(args, "-netdev", "tap,id=n0,ifname="+c.Tap+",script=no,downscript=no",
-			"-device", c.NIC+",netdev=n0,mac="+c.MAC+",romfile=,bootindex=1")
+			"-device", c.NIC+",netdev=n0,mac="+c.MAC+rom+",bootindex=1")
 	} else {
 		args = append(args, "-nic", "none")
 	}
