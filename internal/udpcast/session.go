@@ -80,7 +80,11 @@ type Config struct {
 	// as soon as all of them joined. They are admitted.
 	Expect []netip.Addr
 	// Admit, if set, is asked about a receiver that is not in Expect; false
-	// refuses it. Without Admit only Expect is admitted.
+	// refuses it. Without Admit only Expect is admitted. It is called from
+	// Run's goroutine for each connect request from an address outside
+	// Expect (possibly many: the VLAN is not trusted), so it must be fast
+	// and must not block; answer from pumi's records (inventory, the run's
+	// seats), never from anything in the packet but its source address.
 	Admit func(netip.Addr) bool
 	// MaxWait bounds the rendezvous: when it passes, the data starts with
 	// whoever joined. Zero: DefaultMaxWait.
