@@ -157,7 +157,7 @@ type scenario struct {
 
 var scenarios = []scenario{
 	{"plain", "no loss, no shaping", "", 0},
-	{"tbf", "tc tbf 200 Mbit/s on the sender's link", "200mbit", 0},
+	{"tbf", "tc tbf 40 Mbit/s on the sender's link", "40mbit", 0},
 	{"loss1", "1 % random loss on the sender's link", "", 10},
 	{"loss5", "5 % random loss on the sender's link", "", 50},
 }
@@ -274,7 +274,7 @@ func one(sender string, extra []string, n int, img []byte, file, want string, ti
 		}
 		var st udpcast.Stats
 		serr = inNS(nsSnd, func() error {
-			s, err := udpcast.NewSession(udpcast.Config{Interface: "eth0", PortBase: portBase, Expect: expect, MaxWait: 30 * time.Second, SliceBlocks: sliceBlocks}, slog.New(slog.DiscardHandler))
+			s, err := udpcast.NewSession(udpcast.Config{Interface: "eth0", PortBase: portBase, Expect: expect, MaxWait: 30 * time.Second, SliceBlocks: sliceBlocks}, benchLog())
 			if err != nil {
 				return err
 			}
@@ -334,6 +334,7 @@ func run(size, n, rounds int, out, only string, timeout time.Duration) error {
 			return fmt.Errorf("%s missing (apt-get install udpcast nftables iproute2)", p)
 		}
 	}
+	load0 := loadavg()
 	img := make([]byte, size)
 	if _, err := rand.Read(img); err != nil {
 		return err
@@ -444,7 +445,8 @@ Clonezilla's ocs-sr runs it), each piped into sha256sum; the image is %d MiB of 
 Clonezilla SE runs it (`+"`udp-sender --file IMG --nokbd --mcast-all-addr 224.0.0.1 --portbase %d --ttl 1 --interface eth0 --min-receivers %d --max-wait 30`"+`);
 pumi's sender is `+"`internal/udpcast`"+` with its defaults and the %d receivers as Expect. Loss: nftables `+"`numgen random mod 1000 < N drop`"+`
 on netdev ingress of the sender's bridge port (invisible to the sender, like loss on its wire; this kernel has no
-netem). Shaping: `+"`tc qdisc add dev eth0 root tbf rate 200mbit burst 32kbit latency 400ms`"+` in the sender's namespace.
+netem). Shaping: `+"`tc qdisc add dev eth0 root tbf rate 40mbit burst 32kbit latency 400ms`"+` in the sender's namespace.
+Load average (1, 5, 15 min) at the start: %s; at the end: %s (the machine is shared: other engineers' tests run).
 
 Data phase: udp-sender's `+"`--log`"+` "Starting transfer" → "Transfer complete"; pumi's Stats DataFrom → Finished (first
 data packet → every receiver acknowledged the end). Wall: receivers started → all receivers exited (includes the
@@ -459,7 +461,7 @@ The ratio column is each run's data-phase throughput over the mean of udp-sender
 ## All runs
 
 %s`, time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), unix.ByteSliceToString(u.Release[:]), runtime.Version(),
-		n, n, portBase, size>>20, portBase, n, n, strings.Join(summary, "\n"), b.String())
+		n, n, portBase, size>>20, portBase, n, n, load0, loadavg(), strings.Join(summary, "\n"), b.String())
 	fmt.Println(rep)
 	if out != "" {
 		return os.WriteFile(out, []byte(rep), 0o644)
@@ -497,7 +499,6 @@ func meanTx(rs []result) float64 {
 	return s / float64(k)
 }
 
-
 // meanWall is the mean wall time of the runs that did not stall (0: none).
 func meanWall(rs []result) float64 {
 	var s float64
@@ -530,4 +531,24 @@ func wallStr(rs []result) string {
 		out += fmt.Sprintf(" (%d of %d runs stalled or lost a receiver, left out)", bad, len(rs))
 	}
 	return out
+}
+
+func loadavg() string {
+	b, _ := os.ReadFile("/proc/loadavg")
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}
+
+// benchLog: the sender's log goes to stderr with PUMI_BENCH_LOG=debug|info.
+func benchLog() *slog.Logger {
+	switch os.Getenv("PUMI_BENCH_LOG") {
+	case "debug":
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	case "info":
+		return slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.DiscardHandler)
 }

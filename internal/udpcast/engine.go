@@ -56,6 +56,7 @@ type slice struct {
 	rxmit   bitmap // blocks somebody is missing
 	needRx  bool
 	round   int32 // rxmit id of the current REQACK round
+	epoch   int32 // first round after the last retransmission
 	askedAt time.Time
 	first   time.Time // first REQACK
 	backoff int
@@ -104,6 +105,7 @@ type engine struct {
 
 	srtt      time.Duration
 	rate      float64 // pacing, bytes/s of IP packets
+	burst     int     // bytes the pacer may send back-to-back to catch up
 	slowStart bool
 	pace      time.Time // token bucket: when the next packet may leave
 	lastHello time.Time
@@ -126,6 +128,7 @@ func newEngine(s *Session) (*engine, error) {
 		expect:    map[netip.Addr]bool{},
 		srtt:      5 * time.Millisecond,
 		rate:      initialRate,
+		burst:     256 << 10,
 		slowStart: true,
 		pkt:       make([]byte, 0, dataHeaderLen+BlockSize),
 	}
@@ -209,13 +212,10 @@ func setMulticastOpts(c *net.UDPConn, ifindex, ttl int) error {
 			return
 		}
 		_ = unix.SetsockoptInt(f, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
-		// A send buffer that rarely fills: when it does, the goroutine
-		// parks on the poller for every packet. Pacing, not the buffer,
-		// sets the rate. SO_SNDBUFFORCE passes wmem_max (root, as on
-		// gokrazy); without the privilege the plain option is capped.
-		if unix.SetsockoptInt(f, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20) != nil {
-			_ = unix.SetsockoptInt(f, unix.SOL_SOCKET, unix.SO_SNDBUF, 4<<20)
-		}
+		// The send buffer stays at the kernel default on purpose: it bounds
+		// what waits in a shaping qdisc (tc tbf, a slow link) to ~200 KiB,
+		// so acknowledgements and retransmissions are not queued behind
+		// seconds of data.
 	})
 	if err != nil {
 		return err
@@ -369,7 +369,7 @@ func (e *engine) rendezvous(ctx context.Context) error {
 				return err
 			}
 		case <-deadline.C:
-			if len(e.order) == 0 {
+			if e.live() == 0 {
 				return fmt.Errorf("udpcast: after %v: %w", e.cfg.MaxWait, ErrNoReceivers)
 			}
 			e.s.log.Info("multicast max wait passed", "joined", len(e.order), "expected", len(e.expect))
@@ -421,6 +421,11 @@ func (e *engine) handleRendezvous(im inMsg) {
 		e.byAddr[a] = r
 		e.order = append(e.order, r)
 		e.s.log.Info("multicast receiver joined", "addr", im.from, "client", r.clNr, "rcvbuf", im.m.rcvbuf)
+		// Bursts stay within half the smallest receive buffer announced
+		// (udp-receiver sends its SO_RCVBUF), between 32 and 256 KiB.
+		if b := int(im.m.rcvbuf / 2); b > 0 {
+			e.burst = min(e.burst, max(b, 32<<10))
+		}
 		e.reply(r)
 		e.publish()
 	case opDisconnect:
@@ -508,7 +513,7 @@ func (e *engine) sendTo(p []byte, to netip.AddrPort) error {
 // slice's first transmission and the one that missed fewest: random loss
 // does not slow the sender down, a receiver falling behind does. AIMD on
 // the pacing rate: fast growth until the first sign of overload, then
-// gentler growth (×1.08 per clean slice), ×0.8 when the spread passes 3 %
+// gentler growth (×1.08 per clean slice), ×0.8 when the spread passes 4 %
 // of the slice (tuned on this project's loaded 2-core CI machine with 10
 // receivers: wire bytes stay near 1.05-1.1× the image).
 const (
@@ -528,10 +533,10 @@ func (e *engine) adapt(sl *slice) {
 		e.s.log.Debug("rate", "slice", sl.no, "best", sl.best, "worst", sl.worst, "answers", sl.answers0, "rate_MiBps", e.rate/(1<<20), "srtt", e.srtt)
 	}()
 	switch {
-	case spread > 0.03:
+	case spread > 0.04:
 		e.rate = max(e.rate*0.8, minRate)
 		e.slowStart = false
-	case spread <= 0.0075:
+	case spread <= 0.01:
 		if e.slowStart {
 			e.rate *= 1.25
 		} else {
@@ -548,11 +553,12 @@ func (e *engine) waitPace(n int) {
 	if e.rate <= 0 {
 		return
 	}
-	// Up to 4 ms of credit: a sleep that overshoots (a loaded machine) is
-	// made up by a short burst (at 30 MiB/s 120 KiB, within a receiver's
-	// default 208 KiB socket buffer) instead of lowering the rate.
+	// Credit of up to e.burst bytes: a sleep that overshoots (a loaded
+	// machine wakes the sender late) is made up by a burst that fits the
+	// receivers' socket buffers, instead of silently lowering the rate.
 	now := time.Now()
-	if floor := now.Add(-4 * time.Millisecond); e.pace.Before(floor) {
+	credit := time.Duration(float64(e.burst) / e.rate * float64(time.Second))
+	if floor := now.Add(-credit); e.pace.Before(floor) {
 		e.pace = floor
 	}
 	if d := e.pace.Sub(now); d > time.Millisecond {
@@ -631,12 +637,16 @@ func (e *engine) stream(ctx context.Context) error {
 				p.backoff++
 			}
 			e.adapt(p)
+			p.round++
 			if p.needRx {
 				if err := e.retransmit(p); err != nil {
 					return err
 				}
+				// Answers from before the retransmission ask for blocks
+				// just sent again: from now on only this round counts.
+				p.epoch = p.round
+				p.answers = p.ready
 			}
-			p.round++
 			e.reqAck(p)
 			continue
 		}
@@ -714,6 +724,7 @@ func (e *engine) newSlice(c chunk) error {
 	return nil
 }
 
+// sendBlocks sends the next up-to-n blocks of sl's first transmission.
 func (e *engine) sendBlocks(sl *slice, n int) error {
 	for ; n > 0 && sl.next < sl.blocks; n-- {
 		if err := e.sendBlock(sl, sl.next); err != nil {
@@ -751,18 +762,21 @@ func (e *engine) retransmit(sl *slice) error {
 
 func (e *engine) reqAck(sl *slice) {
 	sl.askedAt = time.Now()
-	sl.answers = sl.ready
 	e.sendTo(appendReqAck(e.pkt[:0], sl.no, int32(len(sl.data)), sl.round, &sl.ready), e.data)
 }
 
+// maxRTO bounds the wait for answers to a REQACK: a lost REQACK (it goes to
+// every receiver at once) costs at most this.
+const maxRTO = 500 * time.Millisecond
+
 // rto is how long a REQACK round waits for the answers before it is
-// repeated: a few round trips, doubled on each silent round, at most 1 s.
+// repeated: a few round trips, doubled on each silent round.
 func (e *engine) rto(sl *slice) time.Duration {
 	d := 2*e.srtt + 10*time.Millisecond
-	for i := 0; i < sl.backoff && d < time.Second; i++ {
+	for i := 0; i < sl.backoff && d < maxRTO; i++ {
 		d *= 2
 	}
-	return min(d, time.Second)
+	return min(d, maxRTO)
 }
 
 func (e *engine) sample(d time.Duration) {
@@ -850,7 +864,7 @@ func (e *engine) handleData(im inMsg) {
 	case opOK:
 		r.heard = true
 		if sl := e.find(im.m.slice); sl != nil {
-			if sl.round == 0 && !sl.answers.has(r.clNr) {
+			if sl.epoch == 0 && !sl.answers.has(r.clNr) {
 				sl.note(0)
 			}
 			sl.ready.set(r.clNr)
@@ -862,8 +876,8 @@ func (e *engine) handleData(im inMsg) {
 	case opRetransmit:
 		r.heard = true
 		sl := e.find(im.m.slice)
-		if sl == nil || im.m.rxmit != sl.round {
-			return // an answer to an older round
+		if sl == nil || im.m.rxmit < sl.epoch || im.m.rxmit > sl.round {
+			return // an answer from before the last retransmission
 		}
 		missing := 0
 		for i := 0; i < sl.blocks; i++ {
@@ -873,7 +887,7 @@ func (e *engine) handleData(im inMsg) {
 				missing++
 			}
 		}
-		if sl.round == 0 && !sl.answers.has(r.clNr) {
+		if sl.epoch == 0 && !sl.answers.has(r.clNr) {
 			sl.note(missing)
 		}
 		sl.answers.set(r.clNr)
@@ -953,9 +967,16 @@ func (e *engine) publish() {
 	for _, r := range e.order {
 		rs = append(rs, Receiver{Addr: r.addr.Addr(), ClientNo: r.clNr, JoinedAt: r.joinedAt, State: r.state, Reason: r.reason, DroppedAt: r.droppedAt, Acked: r.acked})
 	}
+	var missing []netip.Addr
+	for _, a := range e.cfg.Expect {
+		if _, ok := e.byAddr[a]; !ok {
+			missing = append(missing, a)
+		}
+	}
 	e.s.mu.Lock()
 	defer e.s.mu.Unlock()
 	st := &e.s.stats
+	st.Missing = missing
 	st.DataFrom = e.st.DataFrom
 	st.Receivers = rs
 	st.Refused = e.st.Refused

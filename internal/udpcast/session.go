@@ -130,6 +130,9 @@ type Stats struct {
 	Finished time.Time
 	// Receivers in the order they joined.
 	Receivers []Receiver
+	// Missing are the Expect addresses that have not joined (yet): after
+	// the start, seats that never came (fall back to unicast for them).
+	Missing []netip.Addr
 	// Refused counts connect requests refused (not admitted, too late, or a
 	// receiver that restarted mid-stream); RefusedAddrs lists the first 16
 	// addresses.
@@ -274,6 +277,7 @@ func (s *Session) Stats() Stats {
 	st := s.stats
 	st.Receivers = append([]Receiver(nil), s.stats.Receivers...)
 	st.RefusedAddrs = append([]netip.Addr(nil), s.stats.RefusedAddrs...)
+	st.Missing = append([]netip.Addr(nil), s.stats.Missing...)
 	return st
 }
 
@@ -310,7 +314,12 @@ func (s *Session) Run(ctx context.Context, src io.Reader) (Stats, error) {
 		return s.Stats(), err
 	}
 	defer e.close()
-	err = e.run(ctx, src)
+	// The engine runs on a goroutine of its own: the sockets are bound, and
+	// a caller that locked its thread (to bind in a network namespace) would
+	// otherwise make every sleep and wake-up of the sender a thread hand-off.
+	errc := make(chan error, 1)
+	go func() { errc <- e.run(ctx, src) }()
+	err = <-errc
 	s.mu.Lock()
 	s.stats.Finished = time.Now()
 	s.mu.Unlock()
