@@ -493,7 +493,7 @@ func (e *engine) sendHello() error {
 
 func (e *engine) sendTo(p []byte, to netip.AddrPort) error {
 	e.waitPace(len(p))
-	_, err := e.ctrl.WriteToUDPAddrPort(p, to)
+	err := e.write(p, to)
 	if err != nil {
 		if errors.Is(err, net.ErrClosed) {
 			return err
@@ -546,6 +546,38 @@ func (e *engine) adapt(sl *slice) {
 	if e.cfg.MaxBitrate > 0 && e.rate > float64(e.cfg.MaxBitrate) {
 		e.rate = float64(e.cfg.MaxBitrate)
 	}
+}
+
+// write sends one datagram. When the socket buffer is full it waits in
+// poll(2) on this thread, not in Go's network poller: on a busy machine the
+// poller's wake-up (another thread, then the scheduler) costs milliseconds
+// per full buffer, which at the receivers' pace is most packets.
+func (e *engine) write(p []byte, to netip.AddrPort) error {
+	rc, err := e.ctrl.SyscallConn()
+	if err != nil {
+		return err
+	}
+	sa := &unix.SockaddrInet4{Port: int(to.Port()), Addr: to.Addr().As4()}
+	var serr error
+	cerr := rc.Control(func(fd uintptr) {
+		// A buffer that stays full for a second (link down) counts as
+		// loss; the caller's context is checked between packets.
+		for range 10 {
+			serr = unix.Sendto(int(fd), p, 0, sa)
+			if serr != unix.EAGAIN {
+				return
+			}
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}
+			if _, err := unix.Poll(pfd, 100); err != nil && err != unix.EINTR {
+				serr = err
+				return
+			}
+		}
+	})
+	if cerr != nil {
+		return cerr
+	}
+	return serr
 }
 
 // waitPace holds the sender to its rate (a token bucket of ~1 ms).
