@@ -24,12 +24,14 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -44,7 +46,10 @@ const (
 	portBase = 2232
 )
 
-var sliceBlocks int
+var (
+	sliceBlocks int
+	imageFile   string // removed on a signal
+)
 
 func rxNS(i int) string { return fmt.Sprintf("pumiub-r%d", i) }
 
@@ -57,6 +62,18 @@ func main() {
 	timeout := flag.Duration("timeout", 90*time.Second, "per transfer")
 	flag.IntVar(&sliceBlocks, "slice-blocks", 0, "pumi's SliceBlocks (0: its default)")
 	flag.Parse()
+	// Ctrl-C or a kill still removes the namespaces (and the processes in
+	// them) and the image file.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-sig
+		netDown(*n)
+		if imageFile != "" {
+			os.Remove(imageFile)
+		}
+		os.Exit(130)
+	}()
 	if err := run(*size, *n, *rounds, *out, *only, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "udpcast bench:", err)
 		netDown(*n)
@@ -345,6 +362,7 @@ func run(size, n, rounds int, out, only string, timeout time.Duration) error {
 	if err != nil {
 		return err
 	}
+	imageFile = f.Name()
 	defer os.Remove(f.Name())
 	if _, err := f.Write(img); err != nil {
 		return err
