@@ -401,6 +401,9 @@ func TestAdmission(t *testing.T) {
 			t.Errorf("%s receiver wrote %d bytes", name, n)
 		}
 	}
+	if len(st.Missing) != 0 {
+		t.Errorf("missing %v", st.Missing)
+	}
 	if len(st.Receivers) != 3 || st.Refused < 2 {
 		t.Errorf("receivers %v, refused %d %v", st.Receivers, st.Refused, st.RefusedAddrs)
 	}
@@ -460,5 +463,41 @@ func TestCancel(t *testing.T) {
 			}
 			t.Logf("Run returned %v after the cancel; receivers exited %v after it", returned.Round(time.Millisecond), time.Since(cancelledAt).Round(time.Millisecond))
 		})
+	}
+}
+
+// TestNobodyJoins: with no receiver the rendezvous ends at MaxWait with
+// ErrNoReceivers and nothing sent but HELLOs; the sockets are released (a
+// second session binds the same ports at once).
+func TestNobodyJoins(t *testing.T) {
+	testnet.Require(t)
+	ns := testnet.New(t)
+	ns.MustIP("link", "add", "d0", "type", "veth", "peer", "name", "d1")
+	ns.MustIP("addr", "add", "10.57.0.1/24", "dev", "d0")
+	ns.MustIP("link", "set", "d0", "up")
+	ns.MustIP("link", "set", "d1", "up")
+	for i := range 2 {
+		err := ns.Do(func() error {
+			s, err := NewSession(Config{Interface: "d0", PortBase: 2232, Expect: []netip.Addr{netip.MustParseAddr("10.57.0.2")},
+				MaxWait: 300 * time.Millisecond, HelloInterval: 100 * time.Millisecond}, nil)
+			if err != nil {
+				return err
+			}
+			start := time.Now()
+			st, err := s.Run(context.Background(), bytes.NewReader([]byte("image")))
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("rendezvous took %v", took)
+			}
+			if len(st.Missing) != 1 || st.Missing[0] != netip.MustParseAddr("10.57.0.2") {
+				t.Errorf("missing %v", st.Missing)
+			}
+			if st.DataPackets != 0 || st.WireBytes == 0 {
+				t.Errorf("session %d: %d data packets, %d wire bytes (HELLOs expected)", i, st.DataPackets, st.WireBytes)
+			}
+			return err
+		})
+		if !errors.Is(err, ErrNoReceivers) {
+			t.Fatalf("session %d: %v, want ErrNoReceivers", i, err)
+		}
 	}
 }

@@ -80,7 +80,11 @@ type Config struct {
 	// as soon as all of them joined. They are admitted.
 	Expect []netip.Addr
 	// Admit, if set, is asked about a receiver that is not in Expect; false
-	// refuses it. Without Admit only Expect is admitted.
+	// refuses it. Without Admit only Expect is admitted. It is called from
+	// Run's goroutine for each connect request from an address outside
+	// Expect (possibly many: the VLAN is not trusted), so it must be fast
+	// and must not block; answer from pumi's records (inventory, the run's
+	// seats), never from anything in the packet but its source address.
 	Admit func(netip.Addr) bool
 	// MaxWait bounds the rendezvous: when it passes, the data starts with
 	// whoever joined. Zero: DefaultMaxWait.
@@ -126,6 +130,9 @@ type Stats struct {
 	Finished time.Time
 	// Receivers in the order they joined.
 	Receivers []Receiver
+	// Missing are the Expect addresses that have not joined (yet): after
+	// the start, seats that never came (fall back to unicast for them).
+	Missing []netip.Addr
 	// Refused counts connect requests refused (not admitted, too late, or a
 	// receiver that restarted mid-stream); RefusedAddrs lists the first 16
 	// addresses.
@@ -270,6 +277,7 @@ func (s *Session) Stats() Stats {
 	st := s.stats
 	st.Receivers = append([]Receiver(nil), s.stats.Receivers...)
 	st.RefusedAddrs = append([]netip.Addr(nil), s.stats.RefusedAddrs...)
+	st.Missing = append([]netip.Addr(nil), s.stats.Missing...)
 	return st
 }
 
@@ -306,7 +314,12 @@ func (s *Session) Run(ctx context.Context, src io.Reader) (Stats, error) {
 		return s.Stats(), err
 	}
 	defer e.close()
-	err = e.run(ctx, src)
+	// The engine runs on a goroutine of its own: the sockets are bound, and
+	// a caller that locked its thread (to bind in a network namespace) would
+	// otherwise make every sleep and wake-up of the sender a thread hand-off.
+	errc := make(chan error, 1)
+	go func() { errc <- e.run(ctx, src) }()
+	err = <-errc
 	s.mu.Lock()
 	s.stats.Finished = time.Now()
 	s.mu.Unlock()
