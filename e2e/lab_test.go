@@ -38,6 +38,10 @@ type faults struct {
 	cut     bool // (a) PC1 loses power in the middle of its restore and is started again
 	kill    bool // (b) pumi-appliance is killed with -9 in the middle of PC2's restore and restarted
 	unknown bool // (c) a PC that is not in the inventory netboots during the run
+	// multicast: PC1 and PC2 restore from one multicast stream (roomcast);
+	// with cut, PC1's power cut drops it from the stream and it restores
+	// by unicast. Not with kill: a stream does not survive pumi's restart.
+	multicast bool
 }
 
 var scenarios = []struct {
@@ -49,6 +53,7 @@ var scenarios = []struct {
 	{"pumi-kill", faults{kill: true}},
 	{"unknown-pc", faults{unknown: true}},
 	{"folded", faults{cut: true, kill: true, unknown: true}},
+	{"multicast", faults{multicast: true, cut: true}},
 }
 
 // TestLab runs the lab-in-a-box scenario (see doc.go). By default "folded":
@@ -71,7 +76,7 @@ func TestLab(t *testing.T) {
 		}
 	}
 	if len(run) == 0 {
-		t.Fatalf("PUMI_LAB=%q names no scenario (plain, power-cut, pumi-kill, unknown-pc, folded, all)", want)
+		t.Fatalf("PUMI_LAB=%q names no scenario (plain, power-cut, pumi-kill, unknown-pc, folded, multicast, all)", want)
 	}
 	fx := buildFixtures(t)
 	bin := buildAppliance(t)
@@ -193,11 +198,14 @@ func runLab(t *testing.T, fx labFiles, bin string, f faults) {
 	// A schedule for the room that fires at the next full minute (the
 	// appliance's time zone is UTC), as it would at night.
 	fire := time.Now().UTC().Add(30 * time.Second).Truncate(time.Minute).Add(time.Minute)
+	transport := "unicast"
+	if f.multicast {
+		transport = "multicast"
+	}
 	sched := map[string]any{"id": "lab-nightly", "name": "Lab nightly", "spec": fmt.Sprintf("%d %d * * *", fire.Minute(), fire.Hour()),
-		// Unicast: the faults folded into this scenario (pumi killed mid-restore)
-		// are about the NFS path; the room's multicast stream is proven by
-		// internal/roomcast against real udp-receivers.
-		"target": map[string]any{"rooms": []string{room}}, "action": map[string]any{"kind": "restore", "image": image, "transport": "unicast"},
+		// Unicast unless the scenario is about the stream: the folded faults
+		// (pumi killed mid-restore) are about the NFS path.
+		"target": map[string]any{"rooms": []string{room}}, "action": map[string]any{"kind": "restore", "image": image, "transport": transport},
 		// A PC needs about 17 minutes here even with a second Clonezilla
 		// boot; a window of 40 lets a stuck seat end "window closed" well
 		// inside the test's time instead of holding CI for an hour.
@@ -304,6 +312,37 @@ func runLab(t *testing.T, fx labFiles, bin string, f faults) {
 		}
 		if b := pcs[0].maxBoots(); b < 2 {
 			t.Errorf("pumi counted %d Clonezilla boots for PC1, want 2 after the power cut", b)
+		}
+	}
+	if f.multicast {
+		// PC2 got its partitions from the stream; PC1, cut off in it,
+		// restored by unicast after its power came back.
+		var jobs []struct {
+			MAC, Group, Demoted string
+			McastBoot           bool `json:"mcast_boot"`
+		}
+		api.must(ctx, "GET", "/api/v1/jobs", nil, &jobs)
+		for _, j := range jobs {
+			switch {
+			case j.MAC == pcs[1].mac && (j.Group == "" || j.Demoted != ""):
+				t.Errorf("PC2 was not restored by multicast: %+v", j)
+			case j.MAC == pcs[0].mac && f.cut && j.Demoted == "":
+				t.Errorf("PC1 was cut off in the stream but not moved to unicast: %+v", j)
+			}
+		}
+		var sessions []struct {
+			State                 string
+			Joined                []string
+			BytesSent             int64 `json:"bytes_sent"`
+			WireBytes             int64 `json:"wire_bytes"`
+			Partition, Partitions int
+		}
+		api.must(ctx, "GET", "/api/v1/multicast", nil, &sessions)
+		if len(sessions) != 1 || sessions[0].State != "done" || sessions[0].Partition != sessions[0].Partitions {
+			t.Errorf("multicast session: %+v", sessions)
+		} else {
+			t.Logf("FIGURE multicast session: %d partitions, %d bytes acknowledged, %d bytes on the wire, joined %v",
+				sessions[0].Partitions, sessions[0].BytesSent, sessions[0].WireBytes, sessions[0].Joined)
 		}
 	}
 	if f.unknown {
