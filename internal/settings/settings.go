@@ -67,6 +67,8 @@ type MailSettings struct {
 	From     string   `json:"from,omitempty"`
 	To       []string `json:"to,omitempty"`
 	TLS      string   `json:"tls,omitempty"` // starttls (default) or tls
+	// Language of the report mails: "en" (default when empty) or "es".
+	Language string `json:"language,omitempty"`
 	// CACertPEM trusts an institution's own CA in addition to the system's.
 	CACertPEM string `json:"ca_cert_pem,omitempty"`
 }
@@ -156,6 +158,9 @@ func (c Config) Validate() error {
 	}
 	if c.Mail.TLS != "" && c.Mail.TLS != "starttls" && c.Mail.TLS != "tls" {
 		probs = append(probs, "mail.tls must be starttls or tls")
+	}
+	if c.Mail.Language != "" && c.Mail.Language != "en" && c.Mail.Language != "es" {
+		probs = append(probs, "mail.language must be en or es")
 	}
 	for _, l := range c.SSH {
 		if (l.Scope != "room" && l.Scope != "image") || l.Name == "" || l.User == "" {
