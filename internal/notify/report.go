@@ -59,12 +59,12 @@ var es = map[string]string{
 	"verified": "verificado", "failed": "fallido", "skipped": "omitido", "done": "hecho", "unknown": "desconocido",
 	"cancelled": "cancelado", "%d/%d verified": "%d/%d verificados", "run": "ejecución",
 	"restore": "restaurar", "capture": "capturar", "verify": "verificar", "wake": "encender", "shutdown": "apagar",
-	"schedule %q: %d time(s) missed, last %s (%s)": "tarea programada %q: %d vez/veces omitida, la última %s (%s)",
+	"schedule %q: %d time(s) missed, last %s (%s)":  "tarea programada %q: %d vez/veces omitida, la última %s (%s)",
 	"schedule %q: %d time(s) missed (%s)":           "tarea programada %q: %d vez/veces omitida (%s)",
-	string(schedule.MissDown):        "el equipo pumi no estaba en marcha a la hora indicada",
-	string(schedule.MissSuperseded):  "sustituida por la única ejecución de recuperación",
-	string(schedule.MissClock):       "el reloj retrocedió; la tarea se reinició desde ahora",
-	string(schedule.MissStartFailed): "la ejecución no pudo iniciarse",
+	string(schedule.MissDown):                       "el equipo pumi no estaba en marcha a la hora indicada",
+	string(schedule.MissSuperseded):                 "sustituida por la única ejecución de recuperación",
+	string(schedule.MissClock):                      "el reloj retrocedió; la tarea se reinició desde ahora",
+	string(schedule.MissStartFailed):                "la ejecución no pudo iniciarse",
 	"This is a test mail from your pumi appliance.": "Este es un correo de prueba de su equipo pumi.",
 }
 
