@@ -288,5 +288,3 @@ func TestLanguageChoice(t *testing.T) {
 		t.Errorf("unknown language: %d", resp.StatusCode)
 	}
 }
-
-
