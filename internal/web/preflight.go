@@ -59,8 +59,14 @@ func (s *Server) preflight(ctx context.Context, tr translator, sc schedule.Sched
 			unreachable = append(unreachable, cmpOr(seat.Hostname, seat.MAC))
 		}
 	}
+	// Some seats out of reach is worth knowing, the others are still
+	// restored; none in reach is a run that can only wait.
 	if n := len(unreachable); n > 0 {
-		hard("target", "%d seat(s) can be neither logged in to over SSH nor woken by Wake-on-LAN: %s. Give them an IP address and an SSH user in the inventory (or an SSH login for their room), or set the lab interface for Wake-on-LAN.",
+		add := soft
+		if n == len(target) {
+			add = hard
+		}
+		add("target", "%d seat(s) can be neither logged in to over SSH nor woken by Wake-on-LAN: %s. Give them an IP address and an SSH user in the inventory (or an SSH login for their room), or set the lab interface for Wake-on-LAN.",
 			n, listSome(unreachable, 5))
 	}
 	if st.Mail.Host == "" || len(st.Mail.To) == 0 {

@@ -31,10 +31,15 @@ func TestPreflightRunNow(t *testing.T) {
 			"La imagen LAB-C-img está dañada y no se puede restaurar"},
 		{"no seat in the target", func(_ *env, _ *Settings, sc *schedule.Schedule) { sc.Target.Rooms = []string{"EMPTY"} }, true,
 			"no tienen ningún equipo en el inventario"},
-		{"seats unreachable", func(_ *env, st *Settings, _ *schedule.Schedule) { st.Netboot.Interface = ""; st.Netboot.Mode = "full" }, true,
-			"A 1 equipo(s) no se puede acceder por SSH ni encender por Wake-on-LAN: pc-2"},
-		{"verify needs SSH", func(_ *env, _ *Settings, sc *schedule.Schedule) { sc.Action = schedule.Action{Kind: schedule.Verify} }, true,
-			"A 1 equipo(s) no se puede acceder por SSH"},
+		{"no seat reachable", func(_ *env, st *Settings, sc *schedule.Schedule) {
+			st.Netboot.Interface, st.Netboot.Mode = "", "full"
+			sc.Target = schedule.Target{Seats: []string{"pc-2"}}
+		}, true, "A 1 equipo(s) no se puede acceder por SSH ni encender por Wake-on-LAN: pc-2"},
+		{"verify needs SSH", func(_ *env, _ *Settings, sc *schedule.Schedule) {
+			sc.Action, sc.Target = schedule.Action{Kind: schedule.Verify}, schedule.Target{Seats: []string{"pc-2"}}
+		}, true, "A 1 equipo(s) no se puede acceder por SSH"},
+		{"some seats unreachable only warns", func(_ *env, st *Settings, _ *schedule.Schedule) { st.Netboot.Interface, st.Netboot.Mode = "", "full" },
+			false, "startedunreach"},
 		{"mail off only warns", func(_ *env, st *Settings, _ *schedule.Schedule) { st.Mail = Mail{} }, false, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -80,6 +85,9 @@ func TestPreflightRunNow(t *testing.T) {
 			wantMsg := "msg=started"
 			if st.Mail.Host == "" {
 				wantMsg = "msg=startednomail"
+			}
+			if tc.want != "" {
+				wantMsg = "msg=" + tc.want
 			}
 			if !strings.HasSuffix(resp.Header.Get("Location"), wantMsg) {
 				t.Fatalf("redirect %q, want %s", resp.Header.Get("Location"), wantMsg)

@@ -379,8 +379,17 @@ func (s *Server) postRunNow(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusCreated, map[string]any{"run_id": id, "warnings": softOnes(checks)})
 		return
 	}
-	msg := "started"
-	if len(softOnes(checks)) > 0 {
+	msg, unreach, nomail := "started", false, false
+	for _, c := range checks {
+		unreach = unreach || !c.Hard && c.Field == "target"
+		nomail = nomail || !c.Hard && c.Field == ""
+	}
+	switch {
+	case unreach && nomail:
+		msg = "startedwarn"
+	case unreach:
+		msg = "startedunreach"
+	case nomail:
 		msg = "startednomail"
 	}
 	redirect(w, r, "/runs/"+id, msg)

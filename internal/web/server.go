@@ -430,21 +430,23 @@ func pageFor(r *http.Request, title, nav string, data any) page {
 // messages are the confirmations a redirect can show (?msg=...); only
 // these fixed texts are shown, so a link cannot put words on the page.
 var messages = map[string]string{
-	"saved":         "Saved.",
-	"imported":      "The inventory was imported.",
-	"added":         "Seat added.",
-	"deleted":       "Deleted.",
-	"mailsent":      "Test mail sent. Check the recipients' inboxes.",
-	"started":       "Run started.",
-	"startednomail": "Run started. Mail is off: the report will not be sent; read it on the run page.",
-	"cancelled":     "Run cancelled.",
-	"password":      "Password changed. Other browsers were logged out.",
-	"live":          "Clonezilla live imported and selected.",
-	"toggled":       "Schedule updated.",
-	"room":          "Room added.",
-	"tokengone":     "Token revoked.",
-	"secret":        "Password stored.",
-	"welcome":       "Password set. Now configure pumi below.",
+	"saved":          "Saved.",
+	"imported":       "The inventory was imported.",
+	"added":          "Seat added.",
+	"deleted":        "Deleted.",
+	"mailsent":       "Test mail sent. Check the recipients' inboxes.",
+	"started":        "Run started.",
+	"startednomail":  "Run started. Mail is off: the report will not be sent; read it on the run page.",
+	"startedunreach": "Run started. Some seats can be neither logged in to nor woken; they are shown as waiting.",
+	"startedwarn":    "Run started. Some seats can be neither logged in to nor woken, and mail is off: read the report on the run page.",
+	"cancelled":      "Run cancelled.",
+	"password":       "Password changed. Other browsers were logged out.",
+	"live":           "Clonezilla live imported and selected.",
+	"toggled":        "Schedule updated.",
+	"room":           "Room added.",
+	"tokengone":      "Token revoked.",
+	"secret":         "Password stored.",
+	"welcome":        "Password set. Now configure pumi below.",
 }
 
 func redirect(w http.ResponseWriter, r *http.Request, to, msg string) {
@@ -474,4 +476,18 @@ func nextFires(spec string, now time.Time, loc *time.Location, n int) ([]time.Ti
 		return nil, err
 	}
 	return schedule.NextN(sp, now, n, loc), nil
+}
+
+// OpenURL is the address an admin opens in a browser for a listener: a
+// wildcard listener ([::]:8080, 0.0.0.0:8080) is reachable on this machine as
+// localhost (and from elsewhere at the machine's own address).
+func OpenURL(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String() + "/"
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }
