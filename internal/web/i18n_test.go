@@ -211,6 +211,39 @@ func TestEveryPageInBothLanguages(t *testing.T) {
 			})
 		}
 	}
+	// The pages before a login: the first visit (and its refusal), the login.
+	fresh := newEnv(t, Options{})
+	for _, lang := range []string{"es", "en"} {
+		for _, path := range []string{"/first-visit", "/inventory"} {
+			resp, page := fresh.getLang(fresh.client(), path, lang)
+			for i := 0; i < 3 && resp.StatusCode == http.StatusSeeOther; i++ {
+				resp, page = fresh.getLang(fresh.client(), resp.Header.Get("Location"), lang)
+			}
+			if resp.StatusCode != http.StatusOK || !strings.Contains(page, `<html lang="`+lang+`">`) ||
+				!strings.Contains(page, map[string]string{"es": "Contraseña de administración", "en": "Admin password"}[lang]) {
+				t.Errorf("%s %s: %d\n%s", lang, path, resp.StatusCode, page)
+			}
+		}
+	}
+	fc := fresh.client()
+	_, fv := fresh.getLang(fc, "/first-visit", "es")
+	rq, _ := http.NewRequest("POST", fresh.ts.URL+"/first-visit", strings.NewReader(url.Values{"csrf": {csrfOf(t, fv)}, "password": {"short"}, "again": {"short"}}.Encode()))
+	rq.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	rq.Header.Set("Accept-Language", "es")
+	resp, err := fc.Do(rq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if page := readAll(resp); !strings.Contains(page, "la contraseña necesita al menos 10 caracteres") {
+		t.Errorf("first-visit refusal not in Spanish:\n%s", page)
+	}
+	if _, page := e.getLang(e.client(), "/login", "es"); !strings.Contains(page, "Iniciar sesión") {
+		t.Errorf("login page not in Spanish:\n%s", page)
+	}
+	if m := fresh.srv.missing.list(); len(m) > 0 {
+		t.Fatalf("texts missing from the catalog:\n%s", strings.Join(m, "\n"))
+	}
+
 	// Spot checks that the pages carry what the issue asks for.
 	_, over := e.getLang(c, "/", "es")
 	for _, want := range []string{"Horas programadas no ejecutadas", "B2 nightly", "2 vez/veces sin ejecutar", "pumi no estaba en marcha a esa hora", "horas en UTC"} {
