@@ -222,3 +222,34 @@ func (t translator) known(s string) string {
 	}
 	return s
 }
+
+// reasonParts are the fixed phrases of the runs engine's and the power
+// package's seat reasons ("reboot: unreachable: …", "window closed", …),
+// which are English text composed with error details; each phrase is a
+// catalog key, replaced where it occurs so the details stay as they are.
+var reasonParts = []string{
+	"cancelled by admin", "window closed", "while Clonezilla was writing the disk (left to finish; the disk may be half-written)",
+	"Clonezilla did not start within", "restore did not finish within", "not restorable:", "was removed on the appliance",
+	"reported failure", "Wake-on-LAN:", "reboot:", "shutdown:", "; then ",
+	"is the seat powered on, booted into its OS and running sshd?",
+	"check the room's or image's SSH credentials, and that pumi's public key is in the image's authorized_keys",
+	"if the image was rebuilt with new host keys, forget the pinned key for this image and seat",
+	"the image needs /home/<user>/Desktop/Signature containing its name without -img",
+	"check the image's sudoers rule: <user> ALL=(ALL) NOPASSWD: /sbin/shutdown",
+	"Wake-on-LAN needs the lab interface (netboot.interface)", "has no SSH user (set one in the inventory or an SSH login for its room)",
+	"has no IP address in the inventory",
+}
+
+// reason shows a seat's reason in the page's language: its known phrases
+// translated, the rest (addresses, error details) as it is.
+func (t translator) reason(s string) string {
+	if t.lang == English || s == "" {
+		return s
+	}
+	for _, p := range reasonParts {
+		if strings.Contains(s, p) {
+			s = strings.ReplaceAll(s, p, t.T(p))
+		}
+	}
+	return s
+}

@@ -76,6 +76,9 @@ func TestCatalogHasEveryText(t *testing.T) {
 		keys[string(k)] = "action kinds ({{t .Action}})"
 	}
 	keys["room"], keys["image"], keys["(whole file)"] = "SSH scope", "SSH scope", "annotate"
+	for _, p := range reasonParts {
+		keys[p] = "reasonParts"
+	}
 	for _, e := range []error{checkNewPassword("short", "short"), checkNewPassword(strings.Repeat("x", 80), ""), checkNewPassword("long enough pw", "other")} {
 		keys[e.Error()] = "checkNewPassword"
 	}
@@ -122,7 +125,7 @@ func TestEveryPageInBothLanguages(t *testing.T) {
 	runPath, _, _ := strings.Cut(r.Header.Get("Location"), "?")
 	runID := strings.TrimPrefix(runPath, "/runs/")
 	if err := e.b.changeRun(ctx, runID, func(run *Run) error {
-		run.Seats[0].State, run.Seats[0].Reason = "powering", "ssh: unable to authenticate"
+		run.Seats[0].State, run.Seats[0].Reason = "powering", "reboot: ssh: unable to authenticate; check the room's or image's SSH credentials, and that pumi's public key is in the image's authorized_keys"
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -255,7 +258,8 @@ func TestEveryPageInBothLanguages(t *testing.T) {
 		t.Errorf("schedules page (en) does not show the missed fires:\n%s", sch)
 	}
 	_, run := e.getLang(c, "/runs/"+runID, "es")
-	if !strings.Contains(run, `class="pill wait seat-state" data-state="powering">en espera`) || !strings.Contains(run, "ssh: unable to authenticate") ||
+	if !strings.Contains(run, `class="pill wait seat-state" data-state="powering">en espera`) ||
+		!strings.Contains(run, "reinicio: ssh: unable to authenticate; revise las credenciales SSH del aula") ||
 		!strings.Contains(run, "espera: su arranque por red") {
 		t.Errorf("the waiting seat is not shown as waiting:\n%s", run)
 	}

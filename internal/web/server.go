@@ -140,6 +140,7 @@ var funcs = template.FuncMap{
 	"ago":        func(t time.Time) string { return t.String() },
 	"state":      func(s string) string { return s },
 	"why":        func(k schedule.MissKind) string { return string(k) },
+	"reason":     func(s string) string { return s },
 }
 
 func (s *Server) requestFuncs(r *http.Request) (template.FuncMap, translator, *time.Location) {
@@ -147,11 +148,12 @@ func (s *Server) requestFuncs(r *http.Request) (template.FuncMap, translator, *t
 	loc := s.location(r.Context())
 	now := s.opts.Now()
 	return template.FuncMap{
-		"t":     tr.T,
-		"when":  func(t time.Time) string { return tr.When(t, loc) },
-		"ago":   func(t time.Time) string { return tr.ago(now, t) },
-		"state": func(st string) string { return tr.T(cmpOr(stateWords[st], st)) },
-		"why":   func(k schedule.MissKind) string { return tr.T(cmpOr(missWhy[k], string(k))) },
+		"t":      tr.T,
+		"when":   func(t time.Time) string { return tr.When(t, loc) },
+		"ago":    func(t time.Time) string { return tr.ago(now, t) },
+		"state":  func(st string) string { return tr.T(cmpOr(stateWords[st], st)) },
+		"why":    func(k schedule.MissKind) string { return tr.T(cmpOr(missWhy[k], string(k))) },
+		"reason": tr.reason,
 	}, tr, loc
 }
 
