@@ -38,7 +38,7 @@ func TestMissedFiresInTheNextMail(t *testing.T) {
 		MailOn: func(context.Context) (bool, error) { return true, nil },
 		Locale: func(context.Context) (string, *time.Location, error) { return lang, madrid, nil }}
 	run := Report{RunID: "r1", Action: "restore", Image: "LAB-A-img", Started: sat.Add(24 * time.Hour), Finished: sat.Add(25 * time.Hour),
-		Seats: []SeatReport{{Seat: "pc-1", Outcome: OutcomeVerified}}}
+		Seats: []SeatReport{{Seat: "pc-1", Outcome: OutcomeVerified}, {Seat: "pc-2", Outcome: OutcomeFailed, Reason: "window closed"}}}
 	if err := rep.RunFinished(ctx, run, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -55,7 +55,7 @@ func TestMissedFiresInTheNextMail(t *testing.T) {
 		first, second = second, first
 	}
 	for _, want := range []string{"Omitida", `tarea programada "Room B2": 1 vez/veces omitida, la última 2026-11-28 03:00 CET`,
-		"el equipo pumi no estaba en marcha", "Ejecución", "EQUIPO", "verificado", "1/1 verificados"} {
+		"el equipo pumi no estaba en marcha", "Ejecución", "EQUIPO", "verificado", "1/2 verificados", "se cerró el margen de tiempo"} {
 		if !strings.Contains(first.Text+first.Subject, want) {
 			t.Errorf("first mail lacks %q:\n%s\n%s", want, first.Subject, first.Text)
 		}

@@ -68,6 +68,31 @@ var es = map[string]string{
 	"This is a test mail from your pumi appliance.": "Este es un correo de prueba de su equipo pumi.",
 }
 
+// esReasons are the fixed phrases of seat reasons (runs engine, power
+// hints); a Spanish report replaces them and keeps the details.
+var esReasons = [][2]string{
+	{"cancelled by admin", "cancelado por el administrador"},
+	{"window closed", "se cerró el margen de tiempo"},
+	{"Clonezilla did not start within", "Clonezilla no arrancó en"},
+	{"restore did not finish within", "la restauración no terminó en"},
+	{"not restorable:", "no restaurable:"},
+	{"reboot:", "reinicio:"},
+	{"shutdown:", "apagado:"},
+	{"is the seat powered on, booted into its OS and running sshd?", "¿está el equipo encendido, con su sistema arrancado y sshd en marcha?"},
+	{"check the room's or image's SSH credentials, and that pumi's public key is in the image's authorized_keys",
+		"revise las credenciales SSH del aula o de la imagen, y que la clave pública de pumi esté en el authorized_keys de la imagen"},
+}
+
+func (r Report) reason(s string) string {
+	if r.Lang != "es" {
+		return s
+	}
+	for _, p := range esReasons {
+		s = strings.ReplaceAll(s, p[0], p[1])
+	}
+	return s
+}
+
 // kindText is the English of a missed-fire kind.
 var kindText = map[schedule.MissKind]string{
 	schedule.MissDown:        "the appliance was not running when due",
@@ -220,7 +245,7 @@ func (r Report) Text() string {
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n",
 				clean(s.Seat, "-"), clean(s.Room, "-"), clean(s.MAC, "-"), r.t(clean(s.Outcome, "unknown")), s.Attempts,
-				started, dur(s.Started, s.Finished), bytesIEC(max(s.Bytes, 0)), rate(s.Bytes, s.Started, s.Finished), clean(s.Reason, "-"))
+				started, dur(s.Started, s.Finished), bytesIEC(max(s.Bytes, 0)), rate(s.Bytes, s.Started, s.Finished), clean(r.reason(s.Reason), "-"))
 		}
 		tw.Flush()
 	}
