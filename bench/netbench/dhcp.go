@@ -338,3 +338,50 @@ func percentiles(v []float64) (p50, p99, maxv float64) {
 	}
 	return rank(0.50), rank(0.99), v[len(v)-1]
 }
+
+// dhcpSpoof sends n PXE DISCOVERs from random MACs (a visitor's flood, as
+// the "Seat jobs" issue measured it) back to back and exits: it never
+// requests, so each costs the server an OFFER, the admission's look-up and a
+// "seen" record. It sends from its own port, so the measured client's port 68
+// stays its own.
+func dhcpSpoof(ctx context.Context, args []string) error {
+	fl := flag.NewFlagSet("dhcp-spoof", flag.ContinueOnError)
+	iface := fl.String("iface", "", "interface to send from")
+	n := fl.Int("n", 10000, "DISCOVERs from random MACs (at most 100000)")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if *n < 1 || *n > 100000 {
+		return errors.New("dhcp-spoof: -n must be 1..100000")
+	}
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		c.Control(func(fd uintptr) {
+			if serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_BROADCAST, 1); serr == nil {
+				serr = syscall.BindToDevice(int(fd), *iface)
+			}
+		})
+		return serr
+	}}
+	pc, err := lc.ListenPacket(ctx, "udp4", ":0")
+	if err != nil {
+		return fmt.Errorf("dhcp-spoof: %w", err)
+	}
+	defer pc.Close()
+	bcast := &net.UDPAddr{IP: net.IPv4bcast, Port: dhcpv4.ServerPort}
+	start := time.Now()
+	for i := 0; i < *n; i++ {
+		mac := make(net.HardwareAddr, 6)
+		rand.Read(mac)
+		mac[0] = mac[0]&^1 | 2 // unicast, locally administered
+		d, err := dhcpv4.NewDiscovery(mac, dhcpv4.WithOption(dhcpv4.OptClassIdentifier("PXEClient:Arch:00007:UNDI:003016")),
+			dhcpv4.WithOption(dhcpv4.OptClientArch(iana.EFI_X86_64)))
+		if err != nil {
+			return err
+		}
+		if _, err := pc.WriteTo(d.ToBytes(), bcast); err != nil {
+			return fmt.Errorf("dhcp-spoof: %w", err)
+		}
+	}
+	return json.NewEncoder(os.Stdout).Encode(map[string]any{"sent": *n, "seconds": time.Since(start).Seconds()})
+}

@@ -41,6 +41,8 @@ func main() {
 		err = tftpLoad(ctx, os.Args[2:])
 	case "dhcp-load":
 		err = dhcpLoad(ctx, os.Args[2:])
+	case "dhcp-spoof":
+		err = dhcpSpoof(ctx, os.Args[2:])
 	case "http-serve":
 		err = httpServe(ctx, os.Args[2:])
 	case "http-load":

@@ -347,7 +347,7 @@ func (a *App) Serve(ctx context.Context) error {
 	a.httpAddr, a.ocsAddr = httpL.Addr(), ocsL.Addr()
 	close(a.ready)
 	a.log.Info("pumi appliance up", "http", httpL.Addr().String(), "nfs", nfsL.Addr().String(),
-		"ocs_server", ocsL.Addr().String(), "state", a.st.Dir(), "api_token_file", a.APITokenPath())
+		"ocs_server", ocsL.Addr().String(), "state", a.st.Dir(), "api_token_file", a.APITokenPath(), "open", web.OpenURL(httpL.Addr()))
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/pumi-lab/pumi/internal/history"
 	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/macaddr"
 	"github.com/pumi-lab/pumi/internal/notify"
@@ -19,7 +18,6 @@ import (
 	"github.com/pumi-lab/pumi/internal/schedule"
 	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/settings"
-	"github.com/pumi-lab/pumi/internal/store"
 )
 
 // Schedules lists the stored schedules.
@@ -218,10 +216,13 @@ func (a *App) startRuns() error {
 	if err != nil {
 		return err
 	}
-	a.engine = reimage.New(a.st, lab{a}, powerAdapter{a}, notify.RunReporter{Outbox: a.outbox, Log: a.log,
+	a.engine = reimage.New(a.st, lab{a}, powerAdapter{a}, notify.RunReporter{Outbox: a.outbox, Log: a.log, Missed: a.book,
 		MailOn: func(ctx context.Context) (bool, error) {
 			cfg, err := a.Config(ctx)
 			return cfg.Mail.Host != "" && len(cfg.Mail.To) > 0, err
+		}, Locale: func(ctx context.Context) (string, *time.Location, error) {
+			cfg, err := a.Config(ctx)
+			return cfg.Mail.Language, cfg.Location(), err
 		}}, a.opts.Runs, nil, a.log)
 	a.rooms = &roomcast.Manager{Log: a.log, Settings: a.roomcastSettings}
 	a.jobs, err = seatjob.New(context.Background(), seatjob.Config{Store: a.st, Log: a.log, Addr: seatjob.SeatAddr, Env: a.jobEnv,
@@ -267,9 +268,9 @@ func (a *App) serveRuns(ctx context.Context) {
 		go func() {
 			defer close(done)
 			err := sch.Run(sctx, a.Schedules, a.engine.StartFire, func(ctx context.Context, m schedule.Missed) {
-				a.st.Update(ctx, func(tx *store.Tx) error {
-					return history.Add(tx, history.Event{Kind: "schedule-missed", Message: fmt.Sprintf("%+v", m)})
-				})
+				if err := a.book.RecordMissed(ctx, m, time.Now()); err != nil {
+					a.log.Error("recording missed schedule fires", "schedule", m.ScheduleID, "err", err)
+				}
 			})
 			if err != nil && sctx.Err() == nil {
 				a.log.Error("scheduler stopped", "err", err)

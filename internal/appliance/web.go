@@ -51,7 +51,7 @@ func (b webBackend) Settings(ctx context.Context) (web.Settings, error) {
 		Repository: cfg.Repository,
 		Live:       cfg.LiveVersion,
 		Mail: web.Mail{Host: cfg.Mail.Host, Port: cfg.Mail.Port, Username: cfg.Mail.Username, From: cfg.Mail.From,
-			To: cfg.Mail.To, TLS: cfg.Mail.TLS, PasswordSet: mailSet},
+			To: cfg.Mail.To, TLS: cfg.Mail.TLS, Language: cfg.Mail.Language, PasswordSet: mailSet},
 		TimeZone: cfg.TimeZone,
 	}
 	if s.Network.Mode == "" {
@@ -78,7 +78,7 @@ func (b webBackend) SetSettings(ctx context.Context, s web.Settings) error {
 	cfg.Repository = s.Repository
 	cfg.LiveVersion = s.Live
 	cfg.Mail = settings.MailSettings{Host: s.Mail.Host, Port: s.Mail.Port, Username: s.Mail.Username, From: s.Mail.From,
-		To: s.Mail.To, TLS: s.Mail.TLS, CACertPEM: cfg.Mail.CACertPEM}
+		To: s.Mail.To, TLS: s.Mail.TLS, Language: s.Mail.Language, CACertPEM: cfg.Mail.CACertPEM}
 	cfg.SSH = nil
 	for _, l := range s.SSH {
 		cfg.SSH = append(cfg.SSH, settings.SSHLogin{Scope: l.Scope, Name: l.Name, User: l.User})
@@ -156,6 +156,10 @@ func (b webBackend) Schedules(ctx context.Context) ([]schedule.Schedule, error) 
 
 func (b webBackend) PutSchedule(ctx context.Context, s schedule.Schedule) error {
 	return invalid(b.a.PutSchedule(ctx, s))
+}
+
+func (b webBackend) Missed(ctx context.Context, since time.Time) ([]schedule.MissedRecord, error) {
+	return b.a.book.Missed(ctx, since)
 }
 
 func (b webBackend) DeleteSchedule(ctx context.Context, id string) error {

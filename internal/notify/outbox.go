@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/pumi-lab/pumi/internal/atomicfile"
+
+	"github.com/pumi-lab/pumi/internal/schedule"
 )
 
 // Sender delivers one message; Mailer implements it. The appliance can pass
@@ -344,6 +346,20 @@ type RunReporter struct {
 	Outbox *Outbox
 	MailOn func(ctx context.Context) (bool, error) // mail settings complete?
 	Log    *slog.Logger
+	// Locale is the report mails' language ("en" or "es") and time zone,
+	// read when each report is queued so a changed setting applies at
+	// once; nil = the report's own (English, the engine's zone).
+	Locale func(ctx context.Context) (lang string, loc *time.Location, err error)
+	// Missed, when set, adds the schedule fires missed since the last mail
+	// to each report, and is told once a queued mail carries them.
+	Missed MissedSource
+}
+
+// MissedSource keeps the missed schedule fires no mail has carried yet
+// (schedule.Book).
+type MissedSource interface {
+	Unmailed(ctx context.Context) ([]schedule.MissedRecord, error)
+	MarkMailed(ctx context.Context, recs []schedule.MissedRecord) error
 }
 
 // RunFinished queues the report of a finished run.
@@ -355,6 +371,20 @@ func (r RunReporter) RunFinished(ctx context.Context, rep Report, runLog []byte)
 		}
 		return err
 	}
-	_, err = r.Outbox.Enqueue(ctx, rep.Message(runLog))
-	return err
+	if r.Locale != nil {
+		if rep.Lang, rep.Loc, err = r.Locale(ctx); err != nil {
+			return err
+		}
+	}
+	if r.Missed != nil {
+		if rep.Missed, err = r.Missed.Unmailed(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err = r.Outbox.Enqueue(ctx, rep.Message(runLog)); err != nil || r.Missed == nil || len(rep.Missed) == 0 {
+		return err
+	}
+	// The mail is durable in the outbox now; a crash before this line
+	// only repeats the missed fires in the next mail.
+	return r.Missed.MarkMailed(ctx, rep.Missed)
 }

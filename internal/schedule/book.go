@@ -86,6 +86,9 @@ func (b Book) Delete(ctx context.Context, id string) error {
 		if err := bookBucket.Delete(tx, id); err != nil {
 			return err
 		}
+		if err := missedBucket.Delete(tx, id); err != nil {
+			return err
+		}
 		return fireBucket.Delete(tx, id)
 	})
 }

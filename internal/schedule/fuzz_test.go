@@ -10,7 +10,7 @@ import (
 func FuzzParse(f *testing.F) {
 	for _, s := range []string{"0 2 * * *", "TZ=0", "CRON_TZ=", "CRON_TZ=Europe/Berlin 0 2 * * *", "@every 1h", "@daily",
 		"99999999999999999999 * * * *", "*/0 * * * *", "0 0 30 2 *", "5-3 * * * *", "０ 2 * * *", "ä ö ü * *", "0 2 * * 7",
-		"1-59/7 0-23/5 1-31/3 JAN-DEC/2 MON-SUN", "@", "", "0 2 * * SAT\n", "\xff", "*/1 */1 */1 */1 */1", "0 0 29 2 *"} {
+		"1-59/7 0-23/5 1-31/3 JAN-DEC/2 MON-SUN", "0 2 * * SÁB", "0 0 1 ENE-DIC/2 lun-vie", "0 2 * * SABADO", "@", "", "0 2 * * SAT\n", "\xff", "*/1 */1 */1 */1 */1", "0 0 29 2 *"} {
 		f.Add(s)
 	}
 	berlin, err := time.LoadLocation("Europe/Berlin")

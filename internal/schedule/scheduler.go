@@ -54,7 +54,18 @@ type Missed struct {
 	Fires      []time.Time // the most recent missed fires (at most MaxListedMissed), oldest first
 	Count      int         // all missed fires (counting stops at MaxCountedMissed)
 	Reason     string
+	Kind       MissKind // why, for a reader in another language than Reason's English
 }
+
+// MissKind is why fires were missed.
+type MissKind string
+
+const (
+	MissDown        MissKind = "down"         // the appliance was not running while the fire's window was open
+	MissSuperseded  MissKind = "superseded"   // an older fire, replaced by the one catch-up run
+	MissClock       MissKind = "clock"        // the clock went back; the schedule restarted from now
+	MissStartFailed MissKind = "start-failed" // the run could not be started
+)
 
 const (
 	MaxListedMissed  = 10
@@ -172,7 +183,7 @@ func (s *Scheduler) due(ctx context.Context, sc Schedule, now time.Time, maxBack
 		if err := set(now); err != nil {
 			return nil, nil, err
 		}
-		return nil, &Missed{ScheduleID: sc.ID, Name: sc.Name,
+		return nil, &Missed{ScheduleID: sc.ID, Name: sc.Name, Kind: MissClock,
 			Reason: fmt.Sprintf("the clock went back %v (from %s to %s); schedule restarted from now", back.Round(time.Second), last.In(loc).Format(time.DateTime), now.In(loc).Format(time.DateTime))}, nil
 	}
 
@@ -221,8 +232,10 @@ func (s *Scheduler) due(ctx context.Context, sc Schedule, now time.Time, maxBack
 	var mp *Missed
 	if m.Count > 0 {
 		m.ScheduleID, m.Name = sc.ID, sc.Name
+		m.Kind = MissDown
 		m.Reason = fmt.Sprintf("the appliance was not running when due; a run may only start within its %v window", sc.Window)
 		if open {
+			m.Kind = MissSuperseded
 			m.Reason = fmt.Sprintf("superseded by the catch-up run of %s (at most one catch-up per schedule)", latest.In(loc).Format(time.DateTime))
 		}
 		mp = &m
@@ -276,7 +289,7 @@ func (s *Scheduler) Run(ctx context.Context, list func(context.Context) ([]Sched
 			for _, f := range fires {
 				if err := start(ctx, f); err != nil {
 					s.log().Error("could not start scheduled run", "schedule", f.Schedule.ID, "at", f.At, "err", err)
-					missed(ctx, Missed{ScheduleID: f.Schedule.ID, Name: f.Schedule.Name, Fires: []time.Time{f.At}, Count: 1,
+					missed(ctx, Missed{ScheduleID: f.Schedule.ID, Name: f.Schedule.Name, Fires: []time.Time{f.At}, Count: 1, Kind: MissStartFailed,
 						Reason: fmt.Sprintf("the run could not be started: %v", err)})
 				}
 			}

@@ -7,7 +7,8 @@
 // A spec is the standard five-field cron line "minute hour day-of-month month
 // day-of-week" parsed by github.com/robfig/cron/v3's standard parser: `*`,
 // lists (1,15), ranges (1-5), steps (*/15, 0-30/10), month and weekday names
-// (JAN, MON-FRI), and the descriptors @yearly, @annually, @monthly, @weekly,
+// (JAN, MON-FRI; the Spanish LUN–DOM and ENE–DIC too, stored as the English
+// names), and the descriptors @yearly, @annually, @monthly, @weekly,
 // @daily, @midnight and @hourly. Day-of-month and day-of-week follow Vixie
 // cron: when both are restricted (neither is `*`), a day matches if EITHER
 // matches ("0 3 1-7 * SUN" fires on the 1st-7th and on every Sunday).
@@ -43,6 +44,7 @@
 package schedule
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -89,6 +91,12 @@ func Parse(spec string) (s Spec, err error) {
 	fields := strings.Fields(text)
 	if len(fields) != 5 {
 		return Spec{}, fmt.Errorf("cron spec %q has %d fields; %s", clip(spec), len(fields), fieldHelp)
+	}
+	// Spanish names (LUN–DOM, ENE–DIC) are stored as the standard English
+	// ones, so the stored spec is what any cron reader understands.
+	fields[3], fields[4] = englishNames(fields[3], esMonths), englishNames(fields[4], esDays)
+	if err := unknownName(fields); err != nil {
+		return Spec{}, fmt.Errorf("cron spec %q: %w", clip(spec), err)
 	}
 	text = strings.Join(fields, " ")
 	sched, err := cron.ParseStandard(text)
@@ -169,6 +177,63 @@ func explain(fields []string, whole error) string {
 		}
 	}
 	return whole.Error()
+}
+
+var (
+	esDays   = map[string]string{"LUN": "MON", "MAR": "TUE", "MIE": "WED", "JUE": "THU", "VIE": "FRI", "SAB": "SAT", "DOM": "SUN"}
+	esMonths = map[string]string{"ENE": "JAN", "ABR": "APR", "AGO": "AUG", "DIC": "DEC"}
+	enDays   = map[string]bool{"SUN": true, "MON": true, "TUE": true, "WED": true, "THU": true, "FRI": true, "SAT": true}
+	enMonths = map[string]bool{"JAN": true, "FEB": true, "MAR": true, "APR": true, "MAY": true, "JUN": true, "JUL": true,
+		"AUG": true, "SEP": true, "OCT": true, "NOV": true, "DEC": true}
+)
+
+// englishNames replaces the Spanish names of a field (any case, with or
+// without accents: SÁB, sab) by the English ones; the rest stays as it is.
+func englishNames(field string, es map[string]string) string {
+	var b strings.Builder
+	word := []rune{}
+	flush := func() {
+		if len(word) == 0 {
+			return
+		}
+		w := string(word)
+		if en, ok := es[strings.ToUpper(strings.NewReplacer("á", "a", "é", "e", "Á", "A", "É", "E").Replace(w))]; ok {
+			w = en
+		}
+		b.WriteString(w)
+		word = word[:0]
+	}
+	for _, r := range field {
+		if unicode.IsLetter(r) {
+			word = append(word, r)
+			continue
+		}
+		flush()
+		b.WriteRune(r)
+	}
+	flush()
+	return b.String()
+}
+
+// ErrUnknownName is wrapped when a month or day field has a word that is
+// not a name in English or Spanish.
+var ErrUnknownName = errors.New("unknown name")
+
+// unknownName explains a word in the month or day field that is no name,
+// instead of the parser's "strconv.Atoi: parsing" text.
+func unknownName(fields []string) error {
+	for i, known := range map[int]map[string]bool{3: enMonths, 4: enDays} {
+		for _, w := range strings.FieldsFunc(fields[i], func(r rune) bool { return !unicode.IsLetter(r) }) {
+			if !known[strings.ToUpper(w)] {
+				what := "day-of-week field: %q is not a day name (SUN–SAT or LUN–DOM, or 0–6 with 0 = Sunday)"
+				if i == 3 {
+					what = "month field: %q is not a month name (JAN–DEC or ENE–DIC, or 1–12)"
+				}
+				return fmt.Errorf("%w: "+what, ErrUnknownName, clip(w))
+			}
+		}
+	}
+	return nil
 }
 
 func parseQuiet(spec string) (sched cron.Schedule, err error) {

@@ -2,6 +2,7 @@ package schedule
 
 import (
 	"encoding/json"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -281,5 +282,41 @@ func TestRobfigDST(t *testing.T) {
 	}
 	if got, want := ours.Next(fall, berlin), at(cet, 2026, 10, 26, 2, 30); !got.Equal(want) {
 		t.Errorf("ours fall: %v, want %v", got, want)
+	}
+}
+
+func TestSpanishNames(t *testing.T) {
+	for _, tc := range []struct{ in, want, err string }{
+		{"0 2 * * SAB", "0 2 * * SAT", ""},
+		{"0 2 * * sáb", "0 2 * * SAT", ""},
+		{"0 7 * * LUN-VIE", "0 7 * * MON-FRI", ""},
+		{"0 7 * * mar,mié,jue", "0 7 * * TUE,WED,THU", ""},
+		{"0 3 1 ENE,ABR,AGO,DIC *", "0 3 1 JAN,APR,AUG,DEC *", ""},
+		{"0 3 1 MAR DOM", "0 3 1 MAR SUN", ""}, // MAR is March in the month field, Tuesday (martes) in the day field
+		{"0 2 * * SAT", "0 2 * * SAT", ""},
+		{"0 2 * * SABADO", "", "SABADO"},
+		{"0 2 * FOO *", "", "not a month name"},
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			s, err := Parse(tc.in)
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) || strings.Contains(err.Error(), "strconv") {
+					t.Fatalf("Parse(%q) = %v, want an error naming %q without parser internals", tc.in, err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.String() != tc.want {
+				t.Fatalf("stored as %q, want %q", s.String(), tc.want)
+			}
+		})
+	}
+	// The Spanish spec fires exactly when the English one does.
+	es, en := MustParse("30 6 * ENE-MAR LUN"), MustParse("30 6 * JAN-MAR MON")
+	from := time.Date(2026, 12, 4, 0, 0, 0, 0, time.UTC)
+	if a, b := NextN(es, from, 20, time.UTC), NextN(en, from, 20, time.UTC); !slices.Equal(a, b) {
+		t.Fatalf("Spanish %v, English %v", a, b)
 	}
 }

@@ -106,6 +106,8 @@ type MailSettings struct {
 	From     string   `json:"from,omitempty"`
 	To       []string `json:"to,omitempty"`
 	TLS      string   `json:"tls,omitempty"` // starttls (default) or tls
+	// Language of the report mails: "en" (default when empty) or "es".
+	Language string `json:"language,omitempty"`
 	// CACertPEM trusts an institution's own CA in addition to the system's.
 	CACertPEM string `json:"ca_cert_pem,omitempty"`
 }
@@ -204,6 +206,9 @@ func (c Config) Validate() error {
 	}
 	if p := c.Multicast.PortBase; p != 0 && (p < 1024 || p > 60000) {
 		probs = append(probs, "multicast.port_base must be between 1024 and 60000")
+	}
+	if c.Mail.Language != "" && c.Mail.Language != "en" && c.Mail.Language != "es" {
+		probs = append(probs, "mail.language must be en or es")
 	}
 	for _, l := range c.SSH {
 		if (l.Scope != "room" && l.Scope != "image") || l.Name == "" || l.User == "" {

@@ -55,6 +55,8 @@ type Backend interface {
 	// PutSchedule creates or replaces the schedule with s.ID.
 	PutSchedule(ctx context.Context, s schedule.Schedule) error
 	DeleteSchedule(ctx context.Context, id string) error
+	// Missed lists the schedules' missed-fire records recorded since.
+	Missed(ctx context.Context, since time.Time) ([]schedule.MissedRecord, error)
 	// RunNow starts the schedule's action at once and returns the run ID.
 	RunNow(ctx context.Context, scheduleID string) (string, error)
 
@@ -109,8 +111,9 @@ type Mail struct {
 	Username    string   `json:"username,omitempty"`
 	From        string   `json:"from,omitempty"`
 	To          []string `json:"to,omitempty"`
-	TLS         string   `json:"tls,omitempty"` // starttls or tls (notify.TLSMode)
-	PasswordSet bool     `json:"password_set"`  // read only
+	TLS         string   `json:"tls,omitempty"`      // starttls or tls (notify.TLSMode)
+	Language    string   `json:"language,omitempty"` // report mails: en or es
+	PasswordSet bool     `json:"password_set"`       // read only
 }
 
 // SSHLogin is the login pumi uses for the seats of a room or an image.
@@ -168,4 +171,30 @@ type SeatProgress struct {
 	Total     int64     `json:"total,omitempty"`   // image size, when known
 	Rate      float64   `json:"rate,omitempty"`    // bytes per second, when known
 	HasLog    bool      `json:"has_log,omitempty"`
+}
+
+// Waiting reports a seat that is not moving on by itself: still active,
+// with a problem noted (a refused SSH login, a missing address). The page
+// shows it amber as waiting, not as progress.
+func (p SeatProgress) Waiting() bool {
+	switch p.State {
+	case "pending", "powering", "netbooting", "rebooting", "verifying":
+		return p.Reason != ""
+	}
+	return false
+}
+
+// WaitsFor is what a waiting seat waits for (an English catalog key).
+func (p SeatProgress) WaitsFor() string {
+	switch p.State {
+	case "pending":
+		return "a free slot or its next try"
+	case "powering":
+		return "its network boot (reboot over SSH or Wake-on-LAN)"
+	case "netbooting":
+		return "Clonezilla to start"
+	case "rebooting", "verifying":
+		return "an SSH login to check the image"
+	}
+	return "its next step"
 }

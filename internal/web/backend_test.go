@@ -364,3 +364,7 @@ func (b *storeBackend) SeatLog(ctx context.Context, runID, mac string) (io.ReadC
 }
 
 var _ Backend = (*storeBackend)(nil)
+
+func (b *storeBackend) Missed(ctx context.Context, since time.Time) ([]schedule.MissedRecord, error) {
+	return schedule.Book{St: b.st}.Missed(ctx, since)
+}

@@ -37,9 +37,15 @@ func FuzzParseSettings(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body string) {
 		r, _ := http.NewRequest("POST", "/settings", strings.NewReader(body))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		st, err := parseSettings(r, Settings{})
-		if err != nil {
+		st, raw, fe := parseSettings(r, Settings{}, translator{lang: Spanish, cat: catalog{}})
+		if fe.err() != nil {
 			return
+		}
+		// The form is given back as typed: every field read is kept.
+		for k, v := range raw {
+			if strings.TrimSpace(r.PostFormValue(k)) != v {
+				t.Fatalf("field %s kept as %q, typed %q", k, v, r.PostFormValue(k))
+			}
 		}
 		// Accepted settings are consistent.
 		if st.Netboot.Mode == "full" && (!st.Netboot.Subnet.Contains(st.Netboot.RangeStart) || st.Netboot.RangeEnd.Less(st.Netboot.RangeStart)) {
@@ -58,7 +64,7 @@ func FuzzParseScheduleForm(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body string) {
 		r, _ := http.NewRequest("POST", "/schedules", strings.NewReader(body))
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		_, sc, err := parseScheduleForm(r)
+		_, sc, err := (&Server{}).parseScheduleForm(r)
 		if err == nil {
 			if verr := sc.Validate(); verr != nil {
 				t.Fatalf("accepted an invalid schedule: %v", verr)
@@ -83,6 +89,19 @@ func FuzzSlugAndNext(f *testing.F) {
 		u, err := url.Parse(n)
 		if !strings.HasPrefix(n, "/") || strings.HasPrefix(n, "//") || (err == nil && u.Host != "") {
 			t.Fatalf("safeNext(%q) = %q leaves the site", s, n)
+		}
+	})
+}
+
+func FuzzAcceptLanguage(f *testing.F) {
+	f.Add("es-ES,es;q=0.9,en;q=0.8")
+	f.Add("en-US,en;q=0.9")
+	f.Add("fr;q=1, de;q=0.5, es;q=0.1")
+	f.Add("*;q=abc, es;q=2, en;q=-1")
+	f.Fuzz(func(t *testing.T, h string) {
+		l, ok := acceptLanguage(h)
+		if ok != (l != "") || (ok && l != Spanish && l != English) {
+			t.Fatalf("acceptLanguage(%q) = %q, %v", h, l, ok)
 		}
 	})
 }

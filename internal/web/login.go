@@ -58,7 +58,7 @@ func (s *Server) getFirstVisit(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/login", http.StatusSeeOther)
 		return
 	}
-	s.render(w, http.StatusOK, "firstvisit", "", page{Title: "Welcome to pumi", CSRF: s.preToken(w, r)})
+	s.render(w, r, http.StatusOK, "firstvisit", "", page{Title: "Welcome to pumi", CSRF: s.preToken(w, r)})
 }
 
 func (s *Server) postFirstVisit(w http.ResponseWriter, r *http.Request) {
@@ -67,13 +67,13 @@ func (s *Server) postFirstVisit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if !s.limit.allow(clientIP(r)) {
-		s.render(w, http.StatusTooManyRequests, "firstvisit", "", page{Title: "Welcome to pumi", CSRF: s.preToken(w, r),
-			Err: "too many attempts; wait a minute and try again"})
+		s.render(w, r, http.StatusTooManyRequests, "firstvisit", "", page{Title: "Welcome to pumi", CSRF: s.preToken(w, r),
+			Err: s.T(r, "too many attempts; wait a minute and try again")})
 		return
 	}
 	pw, again := r.PostFormValue("password"), r.PostFormValue("again")
 	if err := checkNewPassword(pw, again); err != nil {
-		s.render(w, http.StatusBadRequest, "firstvisit", "", page{Title: "Welcome to pumi", CSRF: s.preToken(w, r), Err: err.Error()})
+		s.render(w, r, http.StatusBadRequest, "firstvisit", "", page{Title: "Welcome to pumi", CSRF: s.preToken(w, r), Err: err.Error()})
 		return
 	}
 	h, err := hashPassword(pw)
@@ -126,14 +126,14 @@ func (s *Server) getLogin(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/first-visit", http.StatusSeeOther)
 		return
 	}
-	s.render(w, http.StatusOK, "login", "", page{Title: "Log in", CSRF: s.preToken(w, r),
+	s.render(w, r, http.StatusOK, "login", "", page{Title: "Log in", CSRF: s.preToken(w, r),
 		Data: loginData{Next: safeNext(r.URL.Query().Get("next"))}})
 }
 
 func (s *Server) postLogin(w http.ResponseWriter, r *http.Request) {
 	next := safeNext(r.PostFormValue("next"))
 	again := func(code int, msg string) {
-		s.render(w, code, "login", "", page{Title: "Log in", CSRF: s.preToken(w, r), Err: msg, Data: loginData{Next: next}})
+		s.render(w, r, code, "login", "", page{Title: "Log in", CSRF: s.preToken(w, r), Err: msg, Data: loginData{Next: next}})
 	}
 	if !checkPre(r) {
 		again(http.StatusForbidden, "the form was too old; try again")

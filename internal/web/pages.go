@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -43,6 +44,7 @@ func (s *Server) register() {
 	})
 	s.handle("GET /first-visit", true, s.getFirstVisit)
 	s.handle("POST /first-visit", true, s.postFirstVisit)
+	s.handle("GET /lang/{lang}", true, s.getLang)
 	s.handle("GET /login", true, s.getLogin)
 	s.handle("POST /login", true, s.postLogin)
 	s.handle("POST /logout", false, s.postLogout)
@@ -95,6 +97,7 @@ type homeData struct {
 	Rooms    int
 	Runs     []Run
 	Next     []nextFire
+	Missed   []schedule.MissedRecord
 }
 
 type nextFire struct {
@@ -132,6 +135,11 @@ func (s *Server) getHome(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
+	missed, err := s.b.Missed(ctx, s.opts.Now().Add(-missedWindow))
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	loc := s.location(ctx)
 	var next []nextFire
 	for _, sc := range scheds {
@@ -140,8 +148,8 @@ func (s *Server) getHome(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	sort.Slice(next, func(i, j int) bool { return next[i].At.Before(next[j].At) })
-	s.render(w, http.StatusOK, "home", "", pageFor(r, "Overview", "home",
-		homeData{Settings: st, Seats: len(seats), Rooms: len(rooms), Runs: runs, Next: next}))
+	s.render(w, r, http.StatusOK, "home", "", pageFor(r, "Overview", "home",
+		homeData{Settings: st, Seats: len(seats), Rooms: len(rooms), Runs: runs, Next: next, Missed: missed}))
 }
 
 // ---- settings
@@ -151,22 +159,54 @@ type settingsData struct {
 	PublicKey string
 	KeyErr    string
 	Zones     []string
+	// Raw are the text fields as typed (or as stored), so a refused form
+	// keeps what the admin wrote, wrong values included.
+	Raw map[string]string
+	// Errs are the problems by field name, shown beside the field.
+	Errs map[string]string
 }
 
-var commonZones = []string{"UTC", "Europe/London", "Europe/Berlin", "Europe/Zurich", "Europe/Paris", "Europe/Madrid",
-	"Europe/Rome", "Europe/Vienna", "Europe/Amsterdam", "Europe/Stockholm", "Europe/Helsinki", "Europe/Warsaw",
+var commonZones = []string{"UTC", "Europe/Madrid", "Atlantic/Canary", "America/Mexico_City", "America/Bogota", "America/Lima",
+	"America/Santiago", "America/Argentina/Buenos_Aires", "America/Montevideo", "America/Caracas", "America/Guatemala",
+	"Europe/London", "Europe/Berlin", "Europe/Zurich", "Europe/Paris", "Europe/Rome", "Europe/Vienna", "Europe/Amsterdam",
 	"America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles", "America/Sao_Paulo",
-	"Asia/Tokyo", "Asia/Shanghai", "Asia/Kolkata", "Australia/Sydney", "Africa/Johannesburg"}
+	"Asia/Tokyo", "Asia/Kolkata", "Australia/Sydney", "Africa/Johannesburg"}
 
 func (s *Server) getSettings(w http.ResponseWriter, r *http.Request) {
 	s.settingsPage(w, r, http.StatusOK, "")
 }
 
 func (s *Server) settingsPage(w http.ResponseWriter, r *http.Request, code int, errMsg string) {
-	s.settingsPageWith(w, r, code, errMsg, nil)
+	s.settingsPageWith(w, r, code, errMsg, nil, nil, nil)
 }
 
-func (s *Server) settingsPageWith(w http.ResponseWriter, r *http.Request, code int, errMsg string, edited *Settings) {
+// rawSettings is the text form of the stored settings' typed fields.
+func rawSettings(st Settings) map[string]string {
+	str := func(v interface {
+		IsValid() bool
+		String() string
+	}) string {
+		if v.IsValid() {
+			return v.String()
+		}
+		return ""
+	}
+	raw := map[string]string{"net_address": str(st.Network.Address), "net_gateway": str(st.Network.Gateway),
+		"nb_subnet": str(st.Netboot.Subnet), "nb_start": str(st.Netboot.RangeStart), "nb_end": str(st.Netboot.RangeEnd),
+		"nb_router": str(st.Netboot.Router), "mail_to": strings.Join(st.Mail.To, ", ")}
+	var dns []string
+	for _, d := range st.Network.DNS {
+		dns = append(dns, d.String())
+	}
+	raw["net_dns"] = strings.Join(dns, ", ")
+	if st.Mail.Port != 0 {
+		raw["mail_port"] = strconv.Itoa(st.Mail.Port)
+	}
+	return raw
+}
+
+func (s *Server) settingsPageWith(w http.ResponseWriter, r *http.Request, code int, errMsg string, edited *Settings,
+	raw, errs map[string]string) {
 	st, err := s.b.Settings(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
@@ -179,7 +219,10 @@ func (s *Server) settingsPageWith(w http.ResponseWriter, r *http.Request, code i
 		edited.SSH = st.SSH
 		st = *edited
 	}
-	d := settingsData{S: st, Zones: commonZones}
+	if raw == nil {
+		raw = rawSettings(st)
+	}
+	d := settingsData{S: st, Zones: commonZones, Raw: raw, Errs: errs}
 	if k, err := s.b.PublicKey(r.Context()); err != nil {
 		d.KeyErr = err.Error()
 	} else {
@@ -187,114 +230,155 @@ func (s *Server) settingsPageWith(w http.ResponseWriter, r *http.Request, code i
 	}
 	p := pageFor(r, "Setup", "settings", d)
 	p.Err = errMsg
-	s.render(w, code, "settings", "", p)
+	s.render(w, r, code, "settings", "", p)
 }
 
-// parseSettings reads the setup form; every problem is listed at once.
-func parseSettings(r *http.Request, old Settings) (Settings, error) {
-	var probs []string
-	f := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
+// formErrors are a form's problems by field, in the page's language.
+type formErrors struct {
+	tr   translator
+	errs map[string]string
+	list []string
+}
+
+// add notes a problem with a field (English catalog key and arguments).
+func (f *formErrors) add(field, key string, args ...any) {
+	msg := f.tr.T(key, args...)
+	if f.errs == nil {
+		f.errs = map[string]string{}
+	}
+	if old, ok := f.errs[field]; ok {
+		msg = old + "; " + msg
+	}
+	f.errs[field] = msg
+	f.list = append(f.list, msg)
+}
+
+func (f *formErrors) err() error {
+	if len(f.list) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: %s", ErrInvalid, strings.Join(f.list, "; "))
+}
+
+// parseSettings reads the setup form; every problem is listed at once,
+// each beside its field, and raw keeps every text field as typed.
+func parseSettings(r *http.Request, old Settings, tr translator) (Settings, map[string]string, *formErrors) {
+	fe := &formErrors{tr: tr}
+	raw := map[string]string{}
+	f := func(k string) string {
+		v := strings.TrimSpace(r.PostFormValue(k))
+		raw[k] = v
+		return v
+	}
 	st := old
 	st.Network = Network{Mode: f("net_mode")}
+	addrField := func(key, what string) netip.Addr {
+		a, err := netip.ParseAddr(f(key))
+		if err != nil || !a.Is4() {
+			fe.add(key, "%s is not an IPv4 address", tr.T(what))
+		}
+		return a
+	}
 	switch st.Network.Mode {
 	case "dhcp":
+		f("net_address")
+		f("net_gateway")
+		f("net_dns")
 	case "static":
 		if p, err := netip.ParsePrefix(f("net_address")); err != nil || !p.Addr().Is4() {
-			probs = append(probs, "static address: write it with its prefix length, e.g. 192.168.1.20/24")
+			fe.add("net_address", "write the address with its prefix length, e.g. 192.168.1.20/24")
 		} else {
 			st.Network.Address = p
 		}
-		if v := f("net_gateway"); v != "" {
-			if a, err := netip.ParseAddr(v); err != nil || !a.Is4() {
-				probs = append(probs, "gateway: not an IPv4 address")
-			} else {
-				st.Network.Gateway = a
-			}
+		if f("net_gateway") != "" {
+			st.Network.Gateway = addrField("net_gateway", "Gateway")
 		}
 		for _, d := range strings.FieldsFunc(f("net_dns"), func(r rune) bool { return r == ',' || r == ' ' }) {
 			a, err := netip.ParseAddr(d)
 			if err != nil {
-				probs = append(probs, fmt.Sprintf("DNS server %q is not an IP address", d))
+				fe.add("net_dns", "%q is not an IP address", d)
 				continue
 			}
 			st.Network.DNS = append(st.Network.DNS, a)
 		}
 	default:
-		probs = append(probs, "network: choose DHCP or a static address")
+		fe.add("net_mode", "choose DHCP or a static address")
 	}
 	st.Netboot = Netboot{Mode: f("nb_mode"), Interface: f("nb_interface")}
+	for _, k := range []string{"nb_subnet", "nb_start", "nb_end", "nb_router"} {
+		f(k)
+	}
 	switch st.Netboot.Mode {
 	case "off":
 	case "proxy", "full":
 		if st.Netboot.Interface == "" {
-			probs = append(probs, "lab netboot: name the lab network interface, e.g. eth1")
+			fe.add("nb_interface", "name the lab network interface, e.g. eth1")
 		}
 		if st.Netboot.Mode == "full" {
-			addr := func(key, what string) netip.Addr {
-				a, err := netip.ParseAddr(f(key))
-				if err != nil || !a.Is4() {
-					probs = append(probs, "lab netboot: "+what+" is not an IPv4 address")
-				}
-				return a
-			}
 			if p, err := netip.ParsePrefix(f("nb_subnet")); err != nil || !p.Addr().Is4() {
-				probs = append(probs, "lab netboot: subnet must look like 10.20.0.0/24")
+				fe.add("nb_subnet", "the subnet must look like 10.20.0.0/24")
 			} else {
 				st.Netboot.Subnet = p.Masked()
 			}
-			st.Netboot.RangeStart = addr("nb_start", "range start")
-			st.Netboot.RangeEnd = addr("nb_end", "range end")
+			st.Netboot.RangeStart = addrField("nb_start", "Range start")
+			st.Netboot.RangeEnd = addrField("nb_end", "Range end")
 			if f("nb_router") != "" {
-				st.Netboot.Router = addr("nb_router", "router")
+				st.Netboot.Router = addrField("nb_router", "Router")
 			}
 			n := st.Netboot
 			if n.Subnet.IsValid() && n.RangeStart.IsValid() && n.RangeEnd.IsValid() {
 				if !n.Subnet.Contains(n.RangeStart) || !n.Subnet.Contains(n.RangeEnd) {
-					probs = append(probs, "lab netboot: the address range must lie inside the subnet")
+					fe.add("nb_start", "the address range must lie inside the subnet")
 				} else if n.RangeEnd.Less(n.RangeStart) {
-					probs = append(probs, "lab netboot: the range ends before it starts")
+					fe.add("nb_end", "the range ends before it starts")
 				}
 			}
 		}
 	default:
-		probs = append(probs, "lab netboot: choose off, proxy or full")
+		fe.add("nb_mode", "choose off, proxy or full")
 	}
 	st.Repository = f("repository")
 	if st.Repository != "" && !strings.HasPrefix(st.Repository, "/") {
-		probs = append(probs, "image repository: give the full path, starting with /")
+		fe.add("repository", "give the full path, starting with /")
 	}
 	st.Mail.Host = f("mail_host")
 	st.Mail.Username = f("mail_user")
 	st.Mail.From = f("mail_from")
 	st.Mail.TLS = f("mail_tls")
+	switch st.Mail.Language = f("mail_language"); st.Mail.Language {
+	case "", "en", "es":
+	default:
+		fe.add("mail_language", "choose English or Spanish")
+	}
 	st.Mail.Port = 0
 	if v := f("mail_port"); v != "" {
 		p, err := strconv.Atoi(v)
 		if err != nil || p < 1 || p > 65535 {
-			probs = append(probs, "mail port: a number from 1 to 65535")
+			fe.add("mail_port", "a number from 1 to 65535")
+		} else {
+			st.Mail.Port = p
 		}
-		st.Mail.Port = p
 	}
 	st.Mail.To = nil
 	for _, t := range strings.FieldsFunc(f("mail_to"), func(r rune) bool { return r == ',' || r == ' ' || r == '\n' || r == ';' }) {
 		if !strings.Contains(t, "@") {
-			probs = append(probs, fmt.Sprintf("mail recipient %q is not an address", t))
+			fe.add("mail_to", "%q is not a mail address", t)
 		}
 		st.Mail.To = append(st.Mail.To, t)
 	}
-	if st.Mail.Host != "" && (st.Mail.From == "" || len(st.Mail.To) == 0) {
-		probs = append(probs, "mail: give the sender and at least one recipient")
+	if st.Mail.Host != "" && st.Mail.From == "" {
+		fe.add("mail_from", "give the sender address")
+	}
+	if st.Mail.Host != "" && len(st.Mail.To) == 0 {
+		fe.add("mail_to", "give at least one recipient")
 	}
 	st.TimeZone = f("time_zone")
 	if st.TimeZone != "" {
 		if _, err := time.LoadLocation(st.TimeZone); err != nil {
-			probs = append(probs, fmt.Sprintf("time zone %q is unknown; use a name like Europe/Zurich", st.TimeZone))
+			fe.add("time_zone", "%q is unknown; use a name like Europe/Madrid", st.TimeZone)
 		}
 	}
-	if len(probs) > 0 {
-		return st, fmt.Errorf("%w: %s", ErrInvalid, strings.Join(probs, "; "))
-	}
-	return st, nil
+	return st, raw, fe
 }
 
 func (s *Server) postSettings(w http.ResponseWriter, r *http.Request) {
@@ -303,13 +387,19 @@ func (s *Server) postSettings(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	st, err := parseSettings(r, old)
+	tr := s.translator(r)
+	st, raw, fe := parseSettings(r, old, tr)
+	err = fe.err()
 	if err == nil {
 		err = s.b.SetSettings(r.Context(), st)
 	}
 	if err != nil {
 		if userError(err) {
-			s.settingsPageWith(w, r, http.StatusBadRequest, plain(err), &st)
+			msg := tr.T("The setup was not saved; see the marked fields.")
+			if len(fe.list) == 0 {
+				msg = tr.T("The setup was not saved:") + " " + plain(err)
+			}
+			s.settingsPageWith(w, r, http.StatusBadRequest, msg, &st, raw, fe.errs)
 			return
 		}
 		s.fail(w, r, err)
@@ -328,7 +418,7 @@ func (s *Server) postMailPassword(w http.ResponseWriter, r *http.Request) {
 	if r.PostFormValue("clear") != "" {
 		v = ""
 	} else if v == "" {
-		s.settingsPage(w, r, http.StatusBadRequest, "type the mail password (or use \"forget\" to remove it)")
+		s.settingsPage(w, r, http.StatusBadRequest, s.T(r, "type the mail password (or use \"forget\" to remove it)"))
 		return
 	}
 	if err := s.b.SetSecret(r.Context(), SecretMail, v); err != nil {
@@ -342,7 +432,7 @@ func (s *Server) postMailTest(w http.ResponseWriter, r *http.Request) {
 	if err := s.b.SendTestMail(r.Context()); err != nil {
 		// The mailer's errors say what to fix (wrong password, no TLS,
 		// unknown host) and never contain the password.
-		s.settingsPage(w, r, http.StatusBadGateway, "the test mail was not sent: "+err.Error())
+		s.settingsPage(w, r, http.StatusBadGateway, s.T(r, "the test mail was not sent:")+" "+err.Error())
 		return
 	}
 	redirect(w, r, "/settings", "mailsent")
@@ -357,11 +447,11 @@ func (s *Server) postSSH(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if scope != "room" && scope != "image" {
-		s.settingsPage(w, r, http.StatusBadRequest, "SSH login: choose room or image")
+		s.settingsPage(w, r, http.StatusBadRequest, s.T(r, "SSH login: choose room or image"))
 		return
 	}
 	if name == "" {
-		s.settingsPage(w, r, http.StatusBadRequest, "SSH login: name the room or image")
+		s.settingsPage(w, r, http.StatusBadRequest, s.T(r, "SSH login: name the room or image"))
 		return
 	}
 	idx := -1
@@ -380,7 +470,7 @@ func (s *Server) postSSH(w http.ResponseWriter, r *http.Request) {
 		}
 	} else {
 		if user == "" {
-			s.settingsPage(w, r, http.StatusBadRequest, "SSH login: give the user name")
+			s.settingsPage(w, r, http.StatusBadRequest, s.T(r, "SSH login: give the user name"))
 			return
 		}
 		if idx >= 0 {
@@ -409,12 +499,12 @@ func (s *Server) postSSH(w http.ResponseWriter, r *http.Request) {
 func (s *Server) postLive(w http.ResponseWriter, r *http.Request) {
 	zip := strings.TrimSpace(r.PostFormValue("zip"))
 	if zip == "" {
-		s.settingsPage(w, r, http.StatusBadRequest, "Clonezilla live: give the zip's path inside the repository")
+		s.settingsPage(w, r, http.StatusBadRequest, s.T(r, "Clonezilla live: give the zip's path inside the repository"))
 		return
 	}
 	if _, err := s.b.ImportLive(r.Context(), zip); err != nil {
 		if userError(err) {
-			s.settingsPage(w, r, http.StatusBadRequest, "Clonezilla live: "+err.Error())
+			s.settingsPage(w, r, http.StatusBadRequest, s.T(r, "Clonezilla live:")+" "+err.Error())
 			return
 		}
 		s.fail(w, r, err)
@@ -426,10 +516,17 @@ func (s *Server) postLive(w http.ResponseWriter, r *http.Request) {
 // ---- inventory
 
 type inventoryData struct {
-	Seats   []inventory.Seat
-	Rooms   []inventory.Room
-	Seen    []SeenMAC
-	SeenErr string
+	// Seats is the page shown: the inventory filtered by Q and Room, at
+	// most seatsPerPage (10,000 rows would be megabytes of HTML).
+	Seats []inventory.Seat
+	Total int // all seats
+	Q     string
+	Room  string
+	inventory.Page
+	PrevURL, NextURL string
+	Rooms            []inventory.Room
+	Seen             []SeenMAC
+	SeenErr          string
 	// Import is the last rejected CSV, line by line, with the problems
 	// next to each line.
 	Import   []csvLine
@@ -452,8 +549,31 @@ func (s *Server) inventoryData(r *http.Request) (inventoryData, error) {
 	ctx := r.Context()
 	var d inventoryData
 	var err error
-	if d.Seats, err = s.b.Seats(ctx); err != nil {
+	all, err := s.b.Seats(ctx)
+	if err != nil {
 		return d, err
+	}
+	q := r.URL.Query()
+	d.Q, d.Room = strings.TrimSpace(q.Get("q")), q.Get("room")
+	n, _ := strconv.Atoi(q.Get("page"))
+	d.Total = len(all)
+	d.Seats, d.Page = inventory.Filter(all, d.Q, d.Room, n, seatsPerPage)
+	pageURL := func(n int) string {
+		v := url.Values{}
+		if d.Q != "" {
+			v.Set("q", d.Q)
+		}
+		if d.Room != "" {
+			v.Set("room", d.Room)
+		}
+		v.Set("page", strconv.Itoa(n))
+		return "/inventory?" + v.Encode()
+	}
+	if d.Number > 1 {
+		d.PrevURL = pageURL(d.Number - 1)
+	}
+	if d.Number < d.Pages {
+		d.NextURL = pageURL(d.Number + 1)
 	}
 	if d.Rooms, err = s.b.Rooms(ctx); err != nil {
 		return d, err
@@ -462,7 +582,7 @@ func (s *Server) inventoryData(r *http.Request) (inventoryData, error) {
 		d.SeenErr = err.Error()
 	}
 	known := map[string]bool{}
-	for _, st := range d.Seats {
+	for _, st := range all {
 		known[st.MAC] = true
 	}
 	for i := range d.Seen {
@@ -484,7 +604,7 @@ func (s *Server) getInventory(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.render(w, http.StatusOK, "inventory", "", pageFor(r, "Inventory", "inventory", d))
+	s.render(w, r, http.StatusOK, "inventory", "", pageFor(r, "Inventory", "inventory", d))
 }
 
 func (s *Server) inventoryPage(w http.ResponseWriter, r *http.Request, code int, errMsg string, edit func(*inventoryData)) {
@@ -498,7 +618,7 @@ func (s *Server) inventoryPage(w http.ResponseWriter, r *http.Request, code int,
 	}
 	p := pageFor(r, "Inventory", "inventory", d)
 	p.Err = errMsg
-	s.render(w, code, "inventory", "", p)
+	s.render(w, r, code, "inventory", "", p)
 }
 
 // csvInput is the uploaded file, or else the pasted text.
@@ -524,6 +644,9 @@ func csvInput(r *http.Request) (string, error) {
 
 const maxUpload = 8 << 20
 
+// seatsPerPage keeps the inventory page small at any inventory size.
+const seatsPerPage = 100
+
 func (s *Server) postImport(w http.ResponseWriter, r *http.Request) {
 	text, err := csvInput(r)
 	if err != nil {
@@ -535,7 +658,7 @@ func (s *Server) postImport(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if strings.TrimSpace(text) == "" {
-		s.inventoryPage(w, r, http.StatusBadRequest, "choose a CSV file or paste the rows", nil)
+		s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "choose a CSV file or paste the rows"), nil)
 		return
 	}
 	mode := inventory.Merge
@@ -546,7 +669,7 @@ func (s *Server) postImport(w http.ResponseWriter, r *http.Request) {
 	var ie *inventory.ImportError
 	if errors.As(err, &ie) {
 		s.inventoryPage(w, r, http.StatusUnprocessableEntity,
-			fmt.Sprintf("Nothing was imported: %d problem(s). Fix the marked lines below and import again.", len(ie.Rows)),
+			s.T(r, "Nothing was imported: %d problem(s). Fix the marked lines below and import again.", len(ie.Rows)),
 			func(d *inventoryData) {
 				d.Import = annotate(text, ie.Rows)
 				d.CSVText = text
@@ -556,7 +679,7 @@ func (s *Server) postImport(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		if userError(err) {
-			s.inventoryPage(w, r, http.StatusBadRequest, "Nothing was imported: "+err.Error(), func(d *inventoryData) { d.CSVText = text })
+			s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "Nothing was imported:")+" "+err.Error(), func(d *inventoryData) { d.CSVText = text })
 			return
 		}
 		s.fail(w, r, err)
@@ -601,14 +724,14 @@ func (s *Server) postSeat(w http.ResponseWriter, r *http.Request) {
 	if v := f("ip"); v != "" {
 		ip, err := netip.ParseAddr(v)
 		if err != nil {
-			s.inventoryPage(w, r, http.StatusBadRequest, fmt.Sprintf("IP address %q is not valid", v), nil)
+			s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "IP address %q is not valid", v), nil)
 			return
 		}
 		seat.IP = ip
 	}
 	if _, err := s.b.AddSeat(r.Context(), seat); err != nil {
 		if userError(err) {
-			s.inventoryPage(w, r, http.StatusBadRequest, "The seat was not added: "+err.Error(), nil)
+			s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "The seat was not added:")+" "+err.Error(), nil)
 			return
 		}
 		s.fail(w, r, err)
@@ -634,7 +757,7 @@ func (s *Server) postRoom(w http.ResponseWriter, r *http.Request) {
 	room := inventory.Room{Name: strings.TrimSpace(r.PostFormValue("name")), Description: strings.TrimSpace(r.PostFormValue("description"))}
 	if _, err := s.b.AddRoom(r.Context(), room); err != nil {
 		if userError(err) {
-			s.inventoryPage(w, r, http.StatusBadRequest, "The room was not added: "+err.Error(), nil)
+			s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "The room was not added:")+" "+err.Error(), nil)
 			return
 		}
 		s.fail(w, r, err)
@@ -647,14 +770,14 @@ func (s *Server) postDiscover(w http.ResponseWriter, r *http.Request) {
 	iface := strings.TrimSpace(r.PostFormValue("iface"))
 	pfx, err := netip.ParsePrefix(strings.TrimSpace(r.PostFormValue("prefix")))
 	if iface == "" || err != nil || !pfx.Addr().Is4() {
-		s.inventoryPage(w, r, http.StatusBadRequest, "Discovery: give the lab interface and a network like 10.20.0.0/24", nil)
+		s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "Discovery: give the lab interface and a network like 10.20.0.0/24"), nil)
 		return
 	}
 	found, err := s.b.Discover(r.Context(), iface, pfx.Masked())
 	if err != nil {
 		// A sweep fails on a wrong interface or a missing permission:
 		// both are for the admin to fix, so show the error on the page.
-		s.inventoryPage(w, r, http.StatusBadRequest, "Discovery failed: "+err.Error(), nil)
+		s.inventoryPage(w, r, http.StatusBadRequest, s.T(r, "Discovery failed:")+" "+err.Error(), nil)
 		return
 	}
 	s.inventoryPage(w, r, http.StatusOK, "", func(d *inventoryData) {
@@ -680,13 +803,13 @@ func (s *Server) getImages(w http.ResponseWriter, r *http.Request) {
 	p := pageFor(r, "Images", "images", &d)
 	if st.Repository == "" {
 		p.Err = "No image repository is set yet. Set it on the setup page."
-		s.render(w, http.StatusOK, "images", "", p)
+		s.render(w, r, http.StatusOK, "images", "", p)
 		return
 	}
 	res, err := s.b.Images(r.Context())
 	if err != nil {
 		p.Err = "The repository could not be read: " + err.Error()
-		s.render(w, http.StatusOK, "images", "", p)
+		s.render(w, r, http.StatusOK, "images", "", p)
 		return
 	}
 	d.Result = res
@@ -695,7 +818,7 @@ func (s *Server) getImages(w http.ResponseWriter, r *http.Request) {
 			d.Valid++
 		}
 	}
-	s.render(w, http.StatusOK, "images", "", p)
+	s.render(w, r, http.StatusOK, "images", "", p)
 }
 
 // ---- tokens
@@ -717,13 +840,13 @@ func (s *Server) tokensPage(w http.ResponseWriter, r *http.Request, code int, er
 	}
 	p := pageFor(r, "API tokens", "tokens", tokensData{Tokens: toks, New: fresh})
 	p.Err = errMsg
-	s.render(w, code, "tokens", "", p)
+	s.render(w, r, code, "tokens", "", p)
 }
 
 func (s *Server) postToken(w http.ResponseWriter, r *http.Request) {
 	name := strings.TrimSpace(r.PostFormValue("name"))
 	if name == "" || len(name) > 100 {
-		s.tokensPage(w, r, http.StatusBadRequest, "give the token a name of 1 to 100 characters (what script uses it)", "")
+		s.tokensPage(w, r, http.StatusBadRequest, s.T(r, "give the token a name of 1 to 100 characters (what script uses it)"), "")
 		return
 	}
 	tok, err := randomToken()

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -15,7 +16,14 @@ import (
 type schedulesData struct {
 	Schedules []scheduleRow
 	Zone      string
+	Missed    []schedule.MissedRecord
+	// Problems refused a "run now"; Warnings are worth knowing.
+	ProblemsTitle      string
+	Problems, Warnings []string
 }
+
+// missedWindow is how long a missed fire stays on the pages.
+const missedWindow = 14 * 24 * time.Hour
 
 type scheduleRow struct {
 	S    schedule.Schedule
@@ -23,13 +31,21 @@ type scheduleRow struct {
 }
 
 func (s *Server) getSchedules(w http.ResponseWriter, r *http.Request) {
+	s.schedulesPage(w, r, http.StatusOK, "", schedulesData{})
+}
+
+func (s *Server) schedulesPage(w http.ResponseWriter, r *http.Request, code int, msg string, d schedulesData) {
 	list, err := s.b.Schedules(r.Context())
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	if d.Missed, err = s.b.Missed(r.Context(), s.opts.Now().Add(-missedWindow)); err != nil {
+		s.fail(w, r, err)
+		return
+	}
 	loc := s.location(r.Context())
-	d := schedulesData{Zone: loc.String()}
+	d.Zone = loc.String()
 	for _, sc := range list {
 		row := scheduleRow{S: sc}
 		if sc.Enabled {
@@ -38,7 +54,11 @@ func (s *Server) getSchedules(w http.ResponseWriter, r *http.Request) {
 		d.Schedules = append(d.Schedules, row)
 	}
 	sort.Slice(d.Schedules, func(i, j int) bool { return d.Schedules[i].S.Name < d.Schedules[j].S.Name })
-	s.render(w, http.StatusOK, "schedules", "", pageFor(r, "Schedules", "schedules", d))
+	p := pageFor(r, "Schedules", "schedules", d)
+	if msg != "" {
+		p.Msg = msg
+	}
+	s.render(w, r, code, "schedules", "", p)
 }
 
 // scheduleForm is the edit form's state, as typed.
@@ -54,8 +74,12 @@ type scheduleForm struct {
 	Enabled        bool
 
 	AllRooms []inventory.Room
-	Images   []string
-	Preview  cronPreview
+	Images   []string // restorable images, for the select
+	// ImageUnknown: Image is not among the restorable ones (kept, marked).
+	ImageUnknown bool
+	Preview      cronPreview
+	Errs         map[string]string // problems beside their field
+	Problems     []string          // problems of the whole schedule
 }
 
 func formOf(sc schedule.Schedule) scheduleForm {
@@ -84,8 +108,8 @@ func (s *Server) getScheduleForm(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) scheduleNotFound(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.Is(err, ErrNotFound) {
-		s.render(w, http.StatusNotFound, "error", "", page{Title: "Not found", LoggedIn: true, CSRF: whoFrom(r.Context()).csrf(),
-			Err: "There is no such schedule (it may have been deleted)."})
+		s.render(w, r, http.StatusNotFound, "error", "", page{Title: "Not found", LoggedIn: true, CSRF: whoFrom(r.Context()).csrf(),
+			Err: s.T(r, "There is no such schedule (it may have been deleted).")})
 		return
 	}
 	s.fail(w, r, err)
@@ -121,14 +145,15 @@ func (s *Server) scheduleFormPage(w http.ResponseWriter, r *http.Request, code i
 			}
 		}
 	}
+	f.ImageUnknown = f.Image != "" && !slices.Contains(f.Images, f.Image)
 	f.Preview = s.preview(r, f.Spec)
 	title := "New schedule"
 	if !f.New {
-		title = "Edit " + f.Name
+		title = s.T(r, "Edit %s", f.Name)
 	}
 	p := pageFor(r, title, "schedules", f)
 	p.Err = errMsg
-	s.render(w, code, "schedule", "", p)
+	s.render(w, r, code, "schedule", "", p)
 }
 
 type cronPreview struct {
@@ -141,12 +166,12 @@ func (s *Server) preview(r *http.Request, spec string) cronPreview {
 	loc := s.location(r.Context())
 	p := cronPreview{Zone: loc.String()}
 	if strings.TrimSpace(spec) == "" {
-		p.Err = "type a cron spec, e.g. 0 2 * * SAT (Saturdays at 02:00)"
+		p.Err = s.T(r, "type a cron spec, e.g. 0 2 * * SAT (Saturdays at 02:00)")
 		return p
 	}
 	times, err := nextFires(spec, s.opts.Now(), loc, 5)
 	if err != nil {
-		p.Err = err.Error()
+		p.Err = s.specError(r, err)
 		return p
 	}
 	for i := range times {
@@ -154,18 +179,24 @@ func (s *Server) preview(r *http.Request, spec string) cronPreview {
 	}
 	p.Times = times
 	if len(times) == 0 {
-		p.Err = "this spec never fires"
+		p.Err = s.T(r, "this spec never fires")
 	}
 	return p
 }
 
 // getCronPreview answers the spec field as the admin types (htmx).
 func (s *Server) getCronPreview(w http.ResponseWriter, r *http.Request) {
-	s.renderData(w, http.StatusOK, "schedule", "cron-preview", s.preview(r, r.URL.Query().Get("spec")))
+	s.renderData(w, r, http.StatusOK, "schedule", "cron-preview", s.preview(r, r.URL.Query().Get("spec")))
+}
+
+// specError is a cron spec's problem in the page's language, with the
+// parser's own detail (the spec as written, the field) after it.
+func (s *Server) specError(r *http.Request, err error) string {
+	return s.T(r, "This cron spec is not understood:") + " " + strings.TrimPrefix(err.Error(), "cron spec ")
 }
 
 // parseScheduleForm turns the form into a Schedule; Validate does the rest.
-func parseScheduleForm(r *http.Request) (scheduleForm, schedule.Schedule, error) {
+func (s *Server) parseScheduleForm(r *http.Request) (scheduleForm, schedule.Schedule, error) {
 	v := func(k string) string { return strings.TrimSpace(r.PostFormValue(k)) }
 	f := scheduleForm{New: v("new") != "", ID: v("id"), Name: v("name"), Spec: v("spec"), Kind: v("kind"), Image: v("image"),
 		SourceSeat: v("source_seat"), Seats: v("seats"), Window: v("window"), Rooms: map[string]bool{},
@@ -178,16 +209,21 @@ func parseScheduleForm(r *http.Request) (scheduleForm, schedule.Schedule, error)
 		f.ID = slug(f.Name)
 	}
 	var probs []string
+	f.Errs = map[string]string{}
 	sc := schedule.Schedule{ID: f.ID, Name: f.Name, Action: schedule.Action{Kind: schedule.ActionKind(f.Kind), Image: f.Image,
 		SourceSeat: f.SourceSeat}, OnlyUnverified: f.OnlyUnverified, Enabled: f.Enabled}
 	spec, err := schedule.Parse(f.Spec)
 	if err != nil {
-		probs = append(probs, err.Error())
+		f.Errs["spec"] = s.specError(r, err)
+		probs = append(probs, f.Errs["spec"])
+	} else {
+		f.Spec = spec.String() // Spanish names are stored in standard form
 	}
 	sc.Spec = spec
 	win, err := time.ParseDuration(f.Window)
 	if err != nil {
-		probs = append(probs, fmt.Sprintf("window %q: write it like 6h or 90m", f.Window))
+		f.Errs["window"] = s.T(r, "write the window like 6h or 90m")
+		probs = append(probs, f.Errs["window"])
 	}
 	sc.Window = win
 	for room := range f.Rooms {
@@ -199,6 +235,7 @@ func parseScheduleForm(r *http.Request) (scheduleForm, schedule.Schedule, error)
 	}
 	if len(probs) == 0 {
 		if err := sc.Validate(); err != nil {
+			f.Problems = append(f.Problems, err.Error())
 			probs = append(probs, err.Error())
 		}
 	}
@@ -230,12 +267,33 @@ func slug(name string) string {
 }
 
 func (s *Server) postSchedule(w http.ResponseWriter, r *http.Request) {
-	f, sc, err := parseScheduleForm(r)
+	f, sc, err := s.parseScheduleForm(r)
 	if err == nil && f.New {
 		// A new schedule must not silently replace another with the same
 		// name-derived ID.
 		if _, ferr := s.findSchedule(r, sc.ID); ferr == nil {
-			err = fmt.Errorf("%w: a schedule named like %q exists already; choose another name", ErrInvalid, f.Name)
+			f.Errs["name"] = s.T(r, "a schedule named like %q exists already; choose another name", f.Name)
+			err = fmt.Errorf("%w: %s", ErrInvalid, f.Errs["name"])
+		}
+	}
+	var warnings []string
+	if err == nil {
+		// What the schedule itself names (its image, its seats) must be
+		// right to be saved; what the appliance lacks today (netboot,
+		// Clonezilla live, mail) may be set up before it fires: a warning.
+		checks, perr := s.preflight(r.Context(), s.translator(r), sc)
+		if perr != nil {
+			s.fail(w, r, perr)
+			return
+		}
+		for _, c := range checks {
+			switch {
+			case c.Hard && c.Field != "":
+				f.Errs[c.Field] = c.Msg
+				err = fmt.Errorf("%w: %s", ErrInvalid, c.Msg)
+			default:
+				warnings = append(warnings, c.Msg)
+			}
 		}
 	}
 	if err == nil {
@@ -243,10 +301,18 @@ func (s *Server) postSchedule(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil {
 		if userError(err) {
-			s.scheduleFormPage(w, r, http.StatusBadRequest, "The schedule was not saved: "+plain(err), f)
+			msg := s.T(r, "The schedule was not saved; see the marked fields.")
+			if len(f.Errs) == 0 {
+				msg = s.T(r, "The schedule was not saved:") + " " + plain(err)
+			}
+			s.scheduleFormPage(w, r, http.StatusBadRequest, msg, f)
 			return
 		}
 		s.fail(w, r, err)
+		return
+	}
+	if len(warnings) > 0 && !wantsJSON(r) {
+		s.schedulesPage(w, r, http.StatusOK, "Saved.", schedulesData{Warnings: warnings})
 		return
 	}
 	redirect(w, r, "/schedules", "saved")
@@ -275,25 +341,58 @@ func (s *Server) postDeleteSchedule(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) postRunNow(w http.ResponseWriter, r *http.Request) {
-	id, err := s.b.RunNow(r.Context(), r.PathValue("id"))
+	sc, err := s.findSchedule(r, r.PathValue("id"))
+	if err != nil {
+		s.scheduleNotFound(w, r, err)
+		return
+	}
+	checks, err := s.preflight(r.Context(), s.translator(r), sc)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if probs := hardOnes(checks); len(probs) > 0 {
+		if wantsJSON(r) {
+			writeJSON(w, http.StatusConflict, map[string]any{"error": s.T(r, "The run was not started."), "problems": probs,
+				"warnings": softOnes(checks)})
+			return
+		}
+		s.schedulesPage(w, r, http.StatusConflict, "", schedulesData{ProblemsTitle: s.T(r, "The run of %s was not started", sc.Name),
+			Problems: probs, Warnings: softOnes(checks)})
+		return
+	}
+	id, err := s.b.RunNow(r.Context(), sc.ID)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			s.scheduleNotFound(w, r, err)
 			return
 		}
 		if userError(err) {
-			s.render(w, http.StatusBadRequest, "error", "", page{Title: "Not started", LoggedIn: true,
-				CSRF: whoFrom(r.Context()).csrf(), Err: "The run was not started: " + plain(err)})
+			s.schedulesPage(w, r, http.StatusBadRequest, "", schedulesData{ProblemsTitle: s.T(r, "The run of %s was not started", sc.Name),
+				Problems: []string{plain(err)}})
 			return
 		}
 		s.fail(w, r, err)
 		return
 	}
 	if wantsJSON(r) {
-		writeJSON(w, http.StatusCreated, map[string]string{"run_id": id})
+		writeJSON(w, http.StatusCreated, map[string]any{"run_id": id, "warnings": softOnes(checks)})
 		return
 	}
-	redirect(w, r, "/runs/"+id, "started")
+	msg, unreach, nomail := "started", false, false
+	for _, c := range checks {
+		unreach = unreach || !c.Hard && c.Field == "target"
+		nomail = nomail || !c.Hard && c.Field == ""
+	}
+	switch {
+	case unreach && nomail:
+		msg = "startedwarn"
+	case unreach:
+		msg = "startedunreach"
+	case nomail:
+		msg = "startednomail"
+	}
+	redirect(w, r, "/runs/"+id, msg)
 }
 
 // ---- runs
@@ -304,7 +403,7 @@ func (s *Server) getRuns(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.render(w, http.StatusOK, "runs", "", pageFor(r, "Runs", "runs", runs))
+	s.render(w, r, http.StatusOK, "runs", "", pageFor(r, "Runs", "runs", runs))
 }
 
 type runData struct {
@@ -317,8 +416,8 @@ func (s *Server) loadRun(w http.ResponseWriter, r *http.Request) (Run, bool) {
 	run, err := s.b.Run(r.Context(), r.PathValue("id"))
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
-			s.render(w, http.StatusNotFound, "error", "", page{Title: "Not found", LoggedIn: true, CSRF: whoFrom(r.Context()).csrf(),
-				Err: "There is no such run."})
+			s.render(w, r, http.StatusNotFound, "error", "", page{Title: "Not found", LoggedIn: true, CSRF: whoFrom(r.Context()).csrf(),
+				Err: s.T(r, "There is no such run.")})
 			return run, false
 		}
 		s.fail(w, r, err)
@@ -332,7 +431,7 @@ func (s *Server) getRun(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s.render(w, http.StatusOK, "run", "", pageFor(r, "Run "+run.Name, "runs", runData{Run: run, CSRF: whoFrom(r.Context()).csrf(), Now: s.opts.Now()}))
+	s.render(w, r, http.StatusOK, "run", "", pageFor(r, s.T(r, "Run %s", run.Name), "runs", runData{Run: run, CSRF: whoFrom(r.Context()).csrf(), Now: s.opts.Now()}))
 }
 
 // getRunSeats is the seats table alone; the run page polls it every two
@@ -343,14 +442,14 @@ func (s *Server) getRunSeats(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s.renderData(w, http.StatusOK, "run", "run-seats", runData{Run: run, CSRF: whoFrom(r.Context()).csrf(), Now: s.opts.Now()})
+	s.renderData(w, r, http.StatusOK, "run", "run-seats", runData{Run: run, CSRF: whoFrom(r.Context()).csrf(), Now: s.opts.Now()})
 }
 
 func (s *Server) postCancelRun(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
 	if err := s.b.CancelRun(r.Context(), id); err != nil {
 		if errors.Is(err, ErrNotFound) {
-			s.render(w, http.StatusNotFound, "error", "", page{Title: "Not found", LoggedIn: true, Err: "There is no such run."})
+			s.render(w, r, http.StatusNotFound, "error", "", page{Title: "Not found", LoggedIn: true, Err: s.T(r, "There is no such run.")})
 			return
 		}
 		s.fail(w, r, err)
@@ -368,7 +467,7 @@ func (s *Server) getSeatLog(w http.ResponseWriter, r *http.Request) {
 	rc, err := s.b.SeatLog(r.Context(), id, mac)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) || errors.Is(err, inventory.ErrNotFound) {
-			http.Error(w, "no log for this seat in this run", http.StatusNotFound)
+			http.Error(w, s.T(r, "no log for this seat in this run"), http.StatusNotFound)
 			return
 		}
 		s.fail(w, r, err)

@@ -55,8 +55,11 @@ type Server struct {
 	opts  Options
 	log   *slog.Logger
 	pages map[string]*template.Template
-	limit *limiter
-	mux   *http.ServeMux
+	cats  map[Lang]catalog
+	// missing collects texts a catalog lacks (the catalog test reads it).
+	missing missingSet
+	limit   *limiter
+	mux     *http.ServeMux
 	// routes lists every registered route for tests and docs.
 	routes []route
 }
@@ -95,7 +98,11 @@ func newServer(b Backend, opts Options, log *slog.Logger) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{b: b, auth: opts.Auth, opts: opts, log: log, pages: pages,
+	cats, err := loadCatalogs()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{b: b, auth: opts.Auth, opts: opts, log: log, pages: pages, cats: cats,
 		limit: newLimiter(opts.Now, opts.LoginBurst, opts.LoginRefill), mux: http.NewServeMux()}
 	s.register()
 	return s, nil
@@ -113,9 +120,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(w, r)
 }
 
+// funcs are the template functions; those that depend on the request's
+// language and the appliance's zone (t, when, ago, state) are bound per
+// request by render on a clone of the parsed page.
 var funcs = template.FuncMap{
 	"bytes":   humanBytes,
-	"ago":     func(t time.Time) string { return ago(time.Now(), t) },
 	"elapsed": elapsed,
 	"join":    strings.Join,
 	"pct": func(a, b int64) int64 {
@@ -124,14 +133,50 @@ var funcs = template.FuncMap{
 		}
 		return a * 100 / b
 	},
-	"when": func(t time.Time) string {
-		if t.IsZero() {
-			return "—"
-		}
-		return t.Format("Mon 2 Jan 2006 15:04")
-	},
 	"stateClass": stateClass,
 	"rate":       func(bps float64) string { return humanBytes(int64(bps)) + "/s" },
+	"t":          func(key string, args ...any) string { return fmt.Sprintf(key, args...) },
+	"when":       func(t time.Time) string { return t.String() },
+	"ago":        func(t time.Time) string { return t.String() },
+	"state":      func(s string) string { return s },
+	"why":        func(k schedule.MissKind) string { return string(k) },
+	"reason":     func(s string) string { return s },
+}
+
+func (s *Server) requestFuncs(r *http.Request) (template.FuncMap, translator, *time.Location) {
+	tr := s.translator(r)
+	loc := s.location(r.Context())
+	now := s.opts.Now()
+	return template.FuncMap{
+		"t":      tr.T,
+		"when":   func(t time.Time) string { return tr.When(t, loc) },
+		"ago":    func(t time.Time) string { return tr.ago(now, t) },
+		"state":  func(st string) string { return tr.T(cmpOr(stateWords[st], st)) },
+		"why":    func(k schedule.MissKind) string { return tr.T(cmpOr(missWhy[k], string(k))) },
+		"reason": tr.reason,
+	}, tr, loc
+}
+
+// stateWords are the run and seat states as the page shows them; the
+// catalog translates them like any other text.
+var stateWords = map[string]string{
+	"": "pending", "pending": "pending", "powering": "powering on", "netbooting": "network booting", "restoring": "restoring",
+	"rebooting": "rebooting", "verifying": "verifying", "verified": "verified", "failed": "failed", "skipped": "skipped",
+	"done": "done", "cancelled": "cancelled", "open": "running", "running": "running", "finished": "finished",
+	"waiting": "waiting", "disabled": "disabled", "capturing": "capturing",
+}
+
+// missWhy is why schedule fires were missed, as the pages say it.
+var missWhy = map[schedule.MissKind]string{
+	schedule.MissDown:        "pumi was not running when it was due",
+	schedule.MissSuperseded:  "replaced by the one catch-up run",
+	schedule.MissClock:       "the clock went back; the schedule restarted from now",
+	schedule.MissStartFailed: "the run could not be started",
+}
+
+func (s *Server) translator(r *http.Request) translator {
+	l := pickLang(r)
+	return translator{lang: l, cat: s.cats[l], missing: &s.missing}
 }
 
 // parsePages parses the layout with each page, so every page can define its
@@ -158,6 +203,10 @@ func parsePages(fsys fs.FS) (map[string]*template.Template, error) {
 
 // page is what every template gets.
 type page struct {
+	Lang     Lang
+	Langs    []Lang
+	Path     string
+	Zone     string
 	Title    string
 	Nav      string
 	CSRF     string
@@ -168,18 +217,35 @@ type page struct {
 }
 
 // render writes a whole page, or only the template named by fragment.
-func (s *Server) render(w http.ResponseWriter, code int, name, fragment string, p page) {
-	s.renderData(w, code, name, fragment, p)
+func (s *Server) render(w http.ResponseWriter, r *http.Request, code int, name, fragment string, p page) {
+	s.renderData(w, r, code, name, fragment, p)
 }
 
-// renderData executes a page's template (or one fragment of it) with data.
-func (s *Server) renderData(w http.ResponseWriter, code int, name, fragment string, data any) {
-	t, ok := s.pages[name]
+// renderData executes a page's template (or one fragment of it) with data,
+// in the request's language.
+func (s *Server) renderData(w http.ResponseWriter, r *http.Request, code int, name, fragment string, data any) {
+	base, ok := s.pages[name]
 	if !ok {
 		s.log.Error("web: no such template", "name", name)
 		http.Error(w, "internal error", http.StatusInternalServerError)
 		return
 	}
+	fm, tr, loc := s.requestFuncs(r)
+	if p, ok := data.(page); ok {
+		p.Lang, p.Langs, p.Path, p.Zone = tr.lang, Langs, r.URL.RequestURI(), loc.String()
+		p.Title = tr.known(p.Title) // a fixed title is a catalog key; a built one is translated already
+		// Fixed messages (wrong password, refused forms) are catalog keys;
+		// a message with an error's text in it is shown as it is.
+		p.Err = tr.known(p.Err)
+		data = p
+	}
+	t, err := base.Clone()
+	if err != nil {
+		s.log.Error("web: template clone", "name", name, "err", err)
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	t.Funcs(fm)
 	exec := fragment
 	if exec == "" {
 		exec = "layout.html"
@@ -193,6 +259,7 @@ func (s *Server) renderData(w http.ResponseWriter, code int, name, fragment stri
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Language", string(tr.lang))
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	w.Write(buf.Bytes())
@@ -332,7 +399,7 @@ func (s *Server) forbid(w http.ResponseWriter, r *http.Request, msg string) {
 		writeJSON(w, http.StatusForbidden, map[string]string{"error": msg})
 		return
 	}
-	s.render(w, http.StatusForbidden, "error", "", page{Title: "Refused", Err: msg})
+	s.render(w, r, http.StatusForbidden, "error", "", page{Title: "Refused", Err: msg})
 }
 
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -341,7 +408,7 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": err.Error()})
 		return
 	}
-	s.render(w, http.StatusInternalServerError, "error", "", page{Title: "Something went wrong", Err: err.Error(), LoggedIn: true})
+	s.render(w, r, http.StatusInternalServerError, "error", "", page{Title: "Something went wrong", Err: err.Error(), LoggedIn: true})
 }
 
 // clientIP is the TCP peer: X-Forwarded-For is not trusted, because a
@@ -365,20 +432,23 @@ func pageFor(r *http.Request, title, nav string, data any) page {
 // messages are the confirmations a redirect can show (?msg=...); only
 // these fixed texts are shown, so a link cannot put words on the page.
 var messages = map[string]string{
-	"saved":     "Saved.",
-	"imported":  "The inventory was imported.",
-	"added":     "Seat added.",
-	"deleted":   "Deleted.",
-	"mailsent":  "Test mail sent. Check the recipients' inboxes.",
-	"started":   "Run started.",
-	"cancelled": "Run cancelled.",
-	"password":  "Password changed. Other browsers were logged out.",
-	"live":      "Clonezilla live imported and selected.",
-	"toggled":   "Schedule updated.",
-	"room":      "Room added.",
-	"tokengone": "Token revoked.",
-	"secret":    "Password stored.",
-	"welcome":   "Password set. Now configure pumi below.",
+	"saved":          "Saved.",
+	"imported":       "The inventory was imported.",
+	"added":          "Seat added.",
+	"deleted":        "Deleted.",
+	"mailsent":       "Test mail sent. Check the recipients' inboxes.",
+	"started":        "Run started.",
+	"startednomail":  "Run started. Mail is off: the report will not be sent; read it on the run page.",
+	"startedunreach": "Run started. Some seats can be neither logged in to nor woken; they are shown as waiting.",
+	"startedwarn":    "Run started. Some seats can be neither logged in to nor woken, and mail is off: read the report on the run page.",
+	"cancelled":      "Run cancelled.",
+	"password":       "Password changed. Other browsers were logged out.",
+	"live":           "Clonezilla live imported and selected.",
+	"toggled":        "Schedule updated.",
+	"room":           "Room added.",
+	"tokengone":      "Token revoked.",
+	"secret":         "Password stored.",
+	"welcome":        "Password set. Now configure pumi below.",
 }
 
 func redirect(w http.ResponseWriter, r *http.Request, to, msg string) {
@@ -408,4 +478,18 @@ func nextFires(spec string, now time.Time, loc *time.Location, n int) ([]time.Ti
 		return nil, err
 	}
 	return schedule.NextN(sp, now, n, loc), nil
+}
+
+// OpenURL is the address an admin opens in a browser for a listener: a
+// wildcard listener ([::]:8080, 0.0.0.0:8080) is reachable on this machine as
+// localhost (and from elsewhere at the machine's own address).
+func OpenURL(addr net.Addr) string {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil {
+		return "http://" + addr.String() + "/"
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		host = "localhost"
+	}
+	return "http://" + net.JoinHostPort(host, port) + "/"
 }

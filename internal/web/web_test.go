@@ -8,6 +8,8 @@ import (
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -450,7 +452,7 @@ func TestCronPreview(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, body := e.get(c, "/schedules/preview?spec="+url.QueryEscape("30 2 * * SAT"))
-	times := regexp.MustCompile(`<li>(Sat [^<]+ 02:30)</li>`).FindAllStringSubmatch(body, -1)
+	times := regexp.MustCompile(`<li>(Sat [^<]+ 02:30) CET</li>`).FindAllStringSubmatch(body, -1)
 	if len(times) != 5 || !strings.Contains(body, "Europe/Zurich") {
 		t.Fatalf("preview: %s", body)
 	}
@@ -458,12 +460,26 @@ func TestCronPreview(t *testing.T) {
 	if !strings.Contains(body, `class="err"`) || !strings.Contains(body, "minute") {
 		t.Fatalf("bad spec preview: %s", body)
 	}
+	// In Spanish, with Spanish day names: the same times, in Spanish.
+	req, _ := http.NewRequest("GET", e.ts.URL+"/schedules/preview?spec="+url.QueryEscape("30 2 * * SÁB"), nil)
+	req.Header.Set("Accept-Language", "es-ES,es;q=0.9,en;q=0.5")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	es := regexp.MustCompile(`<li>(sáb [^<]+ 02:30) CET</li>`).FindAllStringSubmatch(string(b), -1)
+	if len(es) != 5 || !strings.Contains(string(b), "Próximas 5 veces (Europe/Zurich)") || es[1][1] != "sáb 12 dic 2026 02:30" && times[1][1] == "Sat 12 Dec 2026 02:30" {
+		t.Fatalf("Spanish preview: %s", b)
+	}
 }
 
 func TestScheduleRunCancelAndLog(t *testing.T) {
 	e := newEnv(t, Options{})
 	c, csrf := e.login()
 	ctx := context.Background()
+	e.readyForRuns()
 	if _, err := e.b.ImportSeats(ctx, strings.NewReader("mac,hostname,room\n52:54:00:00:02:01,pc-1,B2\n52:54:00:00:02:02,pc-2,B2\n"), inventory.Merge); err != nil {
 		t.Fatal(err)
 	}
@@ -518,5 +534,33 @@ func TestScheduleRunCancelAndLog(t *testing.T) {
 	}
 	if r, _ := e.get(c, "/runs/nosuch"); r.StatusCode != http.StatusNotFound {
 		t.Fatalf("unknown run: %d", r.StatusCode)
+	}
+}
+
+// readyForRuns sets up what a run needs: the fixture repository (LAB-A-img
+// restorable, LAB-B-img too, a broken LAB-C-img), proxy netboot on a lab
+// interface (so seats can be woken), a Clonezilla live, mail.
+func (e *env) readyForRuns() {
+	e.t.Helper()
+	repo := filepath.Join(e.t.TempDir(), "images")
+	if err := os.CopyFS(repo, os.DirFS("../clonezilla/testdata/repo")); err != nil {
+		e.t.Fatal(err)
+	}
+	half := filepath.Join(repo, "room-c", "LAB-C-img")
+	if err := os.CopyFS(half, os.DirFS(filepath.Join(repo, "LAB-A-img"))); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(half, "nvme0n1p2.ext4-ptcl-img.zst")); err != nil {
+		e.t.Fatal(err)
+	}
+	st, err := e.b.Settings(context.Background())
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	st.Repository, st.Live = repo, "3.3.0-33"
+	st.Netboot = Netboot{Mode: "proxy", Interface: "eth1"}
+	st.Mail = Mail{Host: "smtp.example.org", Port: 587, From: "pumi@example.org", To: []string{"admin@example.org"}}
+	if err := e.b.SetSettings(context.Background(), st); err != nil {
+		e.t.Fatal(err)
 	}
 }
