@@ -8,11 +8,9 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/pumi-lab/pumi/internal/inventory"
 	"github.com/pumi-lab/pumi/internal/netboot"
 	"github.com/pumi-lab/pumi/internal/seatjob"
 	"github.com/pumi-lab/pumi/internal/settings"
-	"github.com/pumi-lab/pumi/internal/store"
 )
 
 // jobEnv is what a Clonezilla boot needs from the settings (seatjob.Config.Env).
@@ -50,16 +48,7 @@ func (ad admission) Seen(mac net.HardwareAddr, info netboot.ClientInfo) {
 }
 
 func (a *App) known(ctx context.Context, mac net.HardwareAddr) (bool, error) {
-	var known bool
-	err := a.st.View(ctx, func(tx *store.Tx) error {
-		_, err := inventory.SeatByMACTx(tx, mac.String())
-		if errors.Is(err, inventory.ErrNotFound) {
-			return nil
-		}
-		known = err == nil
-		return err
-	})
-	return known, err
+	return a.inv.Known(ctx, mac.String())
 }
 
 // httpBase is the URL seats use to reach pumi, and pumi's IPv4 on the lab

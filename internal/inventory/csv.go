@@ -393,7 +393,7 @@ func (inv *Inventory) Import(ctx context.Context, r io.Reader, mode ImportMode) 
 		return ImportResult{}, err
 	}
 	var res ImportResult
-	err = inv.st.Update(ctx, func(tx *store.Tx) error {
+	err = inv.update(ctx, func(tx *store.Tx) error {
 		res = ImportResult{}
 		existing := map[string]Seat{}
 		if err := seatsBucket.ForEach(tx, func(k string, s Seat) error { existing[k] = s; return nil }); err != nil {

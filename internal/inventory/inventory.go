@@ -18,6 +18,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"unicode"
 	"unicode/utf8"
 
@@ -60,10 +61,43 @@ var (
 // Inventory reads and changes seats and rooms in a store.
 type Inventory struct {
 	st *store.Store
+
+	// known is the set of inventory MACs for Known, dropped by every write.
+	mu    sync.Mutex
+	known map[string]bool
 }
 
 // New returns the inventory kept in st.
 func New(st *store.Store) *Inventory { return &Inventory{st: st} }
+
+// update is st.Update for inventory changes: it drops Known's set.
+func (inv *Inventory) update(ctx context.Context, fn func(tx *store.Tx) error) error {
+	err := inv.st.Update(ctx, fn)
+	inv.mu.Lock()
+	inv.known = nil
+	inv.mu.Unlock()
+	return err
+}
+
+// Known reports whether mac (canonical form) is in the inventory. DHCP asks
+// it for every packet, a visitor can send thousands a second, so it answers
+// from a set that only the inventory's own writes drop, not from the state
+// file per packet.
+func (inv *Inventory) Known(ctx context.Context, mac string) (bool, error) {
+	inv.mu.Lock()
+	defer inv.mu.Unlock()
+	if inv.known == nil {
+		seats, err := inv.Seats(ctx)
+		if err != nil {
+			return false, err
+		}
+		inv.known = make(map[string]bool, len(seats))
+		for _, s := range seats {
+			inv.known[s.MAC] = true
+		}
+	}
+	return inv.known[mac], nil
+}
 
 // fieldError is a problem with one field of a seat; CSV import turns it
 // into "line N, column C: reason".
@@ -262,7 +296,7 @@ func (inv *Inventory) AddSeat(ctx context.Context, s Seat) (Seat, error) {
 	if len(errs) > 0 {
 		return Seat{}, invalid(errs)
 	}
-	err := inv.st.Update(ctx, func(tx *store.Tx) error {
+	err := inv.update(ctx, func(tx *store.Tx) error {
 		if ok, err := seatsBucket.Has(tx, s.MAC); err != nil {
 			return err
 		} else if ok {
@@ -280,7 +314,7 @@ func (inv *Inventory) UpdateSeat(ctx context.Context, s Seat) (Seat, error) {
 	if len(errs) > 0 {
 		return Seat{}, invalid(errs)
 	}
-	err := inv.st.Update(ctx, func(tx *store.Tx) error {
+	err := inv.update(ctx, func(tx *store.Tx) error {
 		old, ok, err := seatsBucket.Get(tx, s.MAC)
 		if err != nil {
 			return err
@@ -299,7 +333,7 @@ func (inv *Inventory) DeleteSeat(ctx context.Context, mac string) error {
 	if err != nil {
 		return fmt.Errorf("seat: %w: %w", err, ErrInvalid)
 	}
-	return inv.st.Update(ctx, func(tx *store.Tx) error {
+	return inv.update(ctx, func(tx *store.Tx) error {
 		old, ok, err := seatsBucket.Get(tx, m)
 		if err != nil {
 			return err
@@ -451,7 +485,7 @@ func (inv *Inventory) AddRoom(ctx context.Context, r Room) (Room, error) {
 	if err != nil {
 		return r, err
 	}
-	err = inv.st.Update(ctx, func(tx *store.Tx) error {
+	err = inv.update(ctx, func(tx *store.Tx) error {
 		if ok, err := roomsBucket.Has(tx, r.Name); err != nil {
 			return err
 		} else if ok {
@@ -469,7 +503,7 @@ func (inv *Inventory) UpdateRoom(ctx context.Context, r Room) (Room, error) {
 	if err != nil {
 		return r, err
 	}
-	err = inv.st.Update(ctx, func(tx *store.Tx) error {
+	err = inv.update(ctx, func(tx *store.Tx) error {
 		if ok, err := roomsBucket.Has(tx, r.Name); err != nil {
 			return err
 		} else if !ok {
@@ -482,7 +516,7 @@ func (inv *Inventory) UpdateRoom(ctx context.Context, r Room) (Room, error) {
 
 // DeleteRoom removes an empty room.
 func (inv *Inventory) DeleteRoom(ctx context.Context, name string) error {
-	return inv.st.Update(ctx, func(tx *store.Tx) error {
+	return inv.update(ctx, func(tx *store.Tx) error {
 		if ok, err := roomsBucket.Has(tx, name); err != nil {
 			return err
 		} else if !ok {

@@ -141,3 +141,32 @@ func TestRooms(t *testing.T) {
 		t.Errorf("deleted room: %v", err)
 	}
 }
+
+// TestKnownFollowsWrites: the DHCP admission set answers from memory, and
+// every inventory write (add, import, delete) is seen at once.
+func TestKnownFollowsWrites(t *testing.T) {
+	inv, _ := newInv(t)
+	ctx := t.Context()
+	const mac = "52:54:00:00:00:77"
+	if k, err := inv.Known(ctx, mac); err != nil || k {
+		t.Fatalf("empty inventory: %v %v", k, err)
+	}
+	if _, err := inv.AddSeat(ctx, Seat{MAC: mac, Hostname: "pc77"}); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := inv.Known(ctx, mac); !k {
+		t.Fatal("an added seat is not known")
+	}
+	if err := inv.DeleteSeat(ctx, mac); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := inv.Known(ctx, mac); k {
+		t.Fatal("a deleted seat is still known")
+	}
+	if _, err := inv.Import(ctx, strings.NewReader(mac+",10.0.0.77,alumno\n"), Merge); err != nil {
+		t.Fatal(err)
+	}
+	if k, _ := inv.Known(ctx, mac); !k {
+		t.Fatal("an imported seat is not known")
+	}
+}
