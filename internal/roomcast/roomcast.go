@@ -63,13 +63,18 @@ type Manager struct {
 
 	mu     sync.Mutex
 	groups map[string]*group
+	past   []Status // the last sessions whose seats are all done, newest last
 	poke   chan struct{}
 }
+
+// keepPast bounds the finished sessions kept for the page and API.
+const keepPast = 20
 
 type group struct {
 	name    string
 	port    int
 	started bool
+	serving bool // serve (sessions, refuser) still runs
 	status  Status
 }
 
@@ -146,7 +151,7 @@ func (m *Manager) Sessions() []Status {
 	m.init()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []Status
+	out := slices.Clone(m.past)
 	for _, g := range m.groups {
 		out = append(out, g.status)
 	}
@@ -189,17 +194,34 @@ func (m *Manager) scan(ctx context.Context) error {
 		return err
 	}
 	byGroup := map[string][]seatjob.Job{}
+	active := map[string]bool{}
 	for _, j := range jobs {
+		if j.Group != "" && j.State.Active() {
+			active[j.Group] = true
+		}
 		if j.Group != "" && j.Demoted == "" && j.McastBoot && j.State.Active() {
 			byGroup[j.Group] = append(byGroup[j.Group], j)
 		}
 	}
+	// A group none of whose seats is active any more frees its ports; its
+	// status is kept among the last sessions.
+	m.mu.Lock()
+	for name, g := range m.groups {
+		if !active[name] && (g.started || time.Since(g.status.Updated) > time.Hour) && !g.serving {
+			m.past = append(m.past, g.status)
+			if len(m.past) > keepPast {
+				m.past = m.past[len(m.past)-keepPast:]
+			}
+			delete(m.groups, name)
+		}
+	}
+	m.mu.Unlock()
 	for name, js := range byGroup {
 		m.mu.Lock()
 		g, known := m.groups[name]
 		start := known && !g.started && slices.ContainsFunc(js, func(j seatjob.Job) bool { return j.State == seatjob.Running })
 		if start {
-			g.started = true
+			g.started, g.serving = true, true
 		}
 		m.mu.Unlock()
 		switch {
@@ -236,6 +258,14 @@ func (m *Manager) members(ctx context.Context, name string) (map[netip.Addr]seat
 // serve runs the group's sessions, one per partition, then refuses late
 // receivers until none is left.
 func (m *Manager) serve(ctx context.Context, name, image string) {
+	defer func() {
+		m.mu.Lock()
+		if g, ok := m.groups[name]; ok {
+			g.serving = false
+		}
+		m.mu.Unlock()
+		m.Poke()
+	}()
 	log := m.Log.With("multicast", name)
 	fail := func(why string) {
 		log.Warn("multicast session ends; seats restore by unicast", "why", why)
