@@ -20,6 +20,7 @@
 package roomcast
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -55,11 +56,18 @@ const portsPerGroup = 200
 // dropped (and restores by unicast).
 const DeadAfter = 30 * time.Second
 
+// DefaultFirstWait bounds the wait for the room's first ready seat (its
+// first udp-receiver) after the first "started" report; the settings' max
+// wait counts from that first join.
+const DefaultFirstWait = 15 * time.Minute
+
 // Manager runs the groups' sessions.
 type Manager struct {
 	Jobs     *seatjob.Jobs
 	Settings func(ctx context.Context) (Settings, error)
 	Log      *slog.Logger
+	// FirstWait overrides DefaultFirstWait (tests).
+	FirstWait time.Duration
 
 	mu     sync.Mutex
 	groups map[string]*group
@@ -267,15 +275,26 @@ func (m *Manager) serve(ctx context.Context, name, image string) {
 		m.Poke()
 	}()
 	log := m.Log.With("multicast", name)
+	failed := false
 	fail := func(why string) {
 		log.Warn("multicast session ends; seats restore by unicast", "why", why)
 		m.set(name, func(s *Status) { s.State, s.Reason = "failed", why })
+		failed = true
 		if mem, err := m.members(ctx, name); err == nil {
 			for _, j := range mem {
 				m.Jobs.Demote(ctx, j.MAC, j.Key, "multicast: "+why)
 			}
 		}
 	}
+	m.mu.Lock()
+	port := m.groups[name].port
+	m.mu.Unlock()
+	parts := 1 // until the image is read: seats wait on partition 1's port
+	defer func() {
+		if failed {
+			m.refuseLate(ctx, name, port, parts, st0(m, ctx))
+		}
+	}()
 	st, err := m.Settings(ctx)
 	if err != nil {
 		fail("settings unreadable: " + err.Error())
@@ -296,9 +315,7 @@ func (m *Manager) serve(ctx context.Context, name, image string) {
 		fail("images with LVM are restored by unicast")
 		return
 	}
-	m.mu.Lock()
-	port := m.groups[name].port
-	m.mu.Unlock()
+	parts = len(img.Partitions)
 	m.set(name, func(s *Status) { s.Image, s.Partitions, s.State = image, len(img.Partitions), "waiting" })
 	var sent, wire int64
 	for k, p := range img.Partitions {
@@ -315,8 +332,15 @@ func (m *Manager) serve(ctx context.Context, name, image string) {
 		for a := range mem {
 			expect = append(expect, a)
 		}
+		first := time.Duration(0)
+		if k == 0 {
+			// Clonezilla writes the partition table and checks the disk
+			// between its "started" report and its first udp-receiver: the
+			// room's wait starts with the first seat that is ready.
+			first = cmp.Or(m.FirstWait, DefaultFirstWait)
+		}
 		sess, err := udpcast.NewSession(udpcast.Config{Interface: st.Interface, LocalAddr: st.LocalAddr, PortBase: port + 2*k,
-			Expect: expect, MaxWait: st.MaxWait, DeadAfter: DeadAfter, MaxBitrate: st.MaxBitrate}, log)
+			Expect: expect, FirstWait: first, MaxWait: st.MaxWait, DeadAfter: DeadAfter, MaxBitrate: st.MaxBitrate}, log)
 		if err != nil {
 			fail(err.Error())
 			return
@@ -345,7 +369,7 @@ func (m *Manager) serve(ctx context.Context, name, image string) {
 			s.Joined, s.Dropped, s.BytesSent, s.WireBytes, s.Throughput = joined, append(s.Dropped, dropped...), sent, wire, res.Throughput()
 		})
 		if errors.Is(err, udpcast.ErrNoReceivers) && k == 0 {
-			fail(fmt.Sprintf("no seat joined within %v (is multicast blocked on the switch, or IGMP snooping on without a querier?)", st.MaxWait))
+			fail(fmt.Sprintf("no seat joined within %v of Clonezilla's start (is multicast blocked on the switch, or IGMP snooping on without a querier?)", cmp.Or(m.FirstWait, DefaultFirstWait)))
 			break
 		}
 		for a, j := range mem {
@@ -364,12 +388,18 @@ func (m *Manager) serve(ctx context.Context, name, image string) {
 			return
 		}
 	}
-	m.set(name, func(s *Status) {
-		if s.State != "failed" {
-			s.State = "done"
-		}
-	})
+	if failed {
+		return // the deferred refuser answers the late receivers
+	}
+	m.set(name, func(s *Status) { s.State = "done" })
 	m.refuseLate(ctx, name, port, len(img.Partitions), st)
+}
+
+// st0 is the settings for the refuser after a failure (zero if unreadable:
+// the refuser then cannot bind and only logs).
+func st0(m *Manager, ctx context.Context) Settings {
+	st, _ := m.Settings(ctx)
+	return st
 }
 
 // refuseLate answers the connect requests of the group's seats that missed

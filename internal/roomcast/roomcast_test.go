@@ -96,7 +96,7 @@ func roomRestore(t *testing.T, seatNS []string) {
 		addrOf[m] = seatAddr(i)
 	}
 	pumiAddr := netip.MustParseAddr(pumiIP)
-	m := &Manager{Log: log, Settings: func(context.Context) (Settings, error) {
+	m := &Manager{Log: log, FirstWait: 20 * time.Second, Settings: func(context.Context) (Settings, error) {
 		return Settings{Interface: "eth0", LocalAddr: pumiAddr, Repository: repo, PortBase: 2232, MaxWait: 15 * time.Second}, nil
 	}}
 	jobs, err := seatjob.New(ctx, seatjob.Config{Store: st, Log: log, LogDir: t.TempDir(), Multicast: m.Port, Changed: m.Poke,

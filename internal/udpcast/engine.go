@@ -352,7 +352,11 @@ func (e *engine) endKick(ctx context.Context) {
 // rendezvous answers connect requests until every expected receiver joined
 // or MaxWait passed.
 func (e *engine) rendezvous(ctx context.Context) error {
-	deadline := time.NewTimer(e.cfg.MaxWait)
+	wait, joined := e.cfg.MaxWait, false
+	if e.cfg.FirstWait > 0 {
+		wait = e.cfg.FirstWait
+	}
+	deadline := time.NewTimer(wait)
 	defer deadline.Stop()
 	tick := time.NewTicker(e.cfg.HelloInterval)
 	defer tick.Stop()
@@ -370,12 +374,20 @@ func (e *engine) rendezvous(ctx context.Context) error {
 			}
 		case <-deadline.C:
 			if e.live() == 0 {
-				return fmt.Errorf("udpcast: after %v: %w", e.cfg.MaxWait, ErrNoReceivers)
+				return fmt.Errorf("udpcast: after %v: %w", wait, ErrNoReceivers)
 			}
 			e.s.log.Info("multicast max wait passed", "joined", len(e.order), "expected", len(e.expect))
 			return nil
 		case im := <-e.in:
 			e.handleRendezvous(im)
+			if !joined && e.live() > 0 {
+				joined = true
+				if e.cfg.FirstWait > 0 {
+					// The room's wait starts with its first ready seat.
+					deadline.Reset(e.cfg.MaxWait)
+					wait = e.cfg.MaxWait
+				}
+			}
 		}
 	}
 	return nil

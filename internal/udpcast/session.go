@@ -89,6 +89,13 @@ type Config struct {
 	// MaxWait bounds the rendezvous: when it passes, the data starts with
 	// whoever joined. Zero: DefaultMaxWait.
 	MaxWait time.Duration
+	// FirstWait, if set, is how long the rendezvous waits for its first
+	// receiver; MaxWait then counts from that first join. A Clonezilla
+	// client prepares the disk (partition table, checks) before its first
+	// udp-receiver starts, which takes minutes on a slow PC, so the room's
+	// wait must start when the first seat is actually ready. Zero: MaxWait
+	// counts from Run.
+	FirstWait time.Duration
 	// DeadAfter drops a receiver that has not answered an acknowledgement
 	// request for this long, so that the others go on. Zero:
 	// DefaultDeadAfter. Keep it ≤ 40 s.
