@@ -337,6 +337,16 @@ func render(c Common, mode, ocsOpts, verb string) (string, error) {
 		run += " -or /home/partimag/" + strings.TrimSuffix(dir, "/")
 	}
 	run += " -batch -nogui " + ocsOpts + " -p " + post + " " + verb + " " + name + " " + c.Disk
+	if verb == "multicast_restoredisk" {
+		// When a partition's stream fails (a seat refused, dropped or
+		// late), ocs-functions prints "Failed to use partclone program"
+		// and waits for Enter on stdin, even in batch mode: the seat would
+		// hang there. With stdin at EOF ocs-sr goes on, reports failure and
+		// reboots, and pumi restores the seat by unicast. ocs-live-run-menu
+		// runs ocs_live_run through a shell (eval or a script), so the
+		// redirection works.
+		run += " </dev/null"
+	}
 
 	words = append(words,
 		quoted("ocs_prerun1", mount),

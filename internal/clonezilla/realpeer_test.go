@@ -136,3 +136,48 @@ ocs-run-boot-param -c "$1" ocs_postrun </dev/null
 		t.Errorf("second report %+v", h)
 	}
 }
+
+// TestMulticastLineNeverWaitsForEnter: when a partition's stream fails,
+// ocs-functions waits for Enter on stdin even in batch mode. The multicast
+// line's ocs_live_run, read by Clonezilla's own parser and run the way
+// ocs-live-run-menu runs it (a script with the value as its command), gives
+// ocs-sr EOF on stdin, so a failed seat goes on, reports and reboots. A fake
+// ocs-sr that reads stdin stands in, with the console's stdin kept open.
+func TestMulticastLineNeverWaitsForEnter(t *testing.T) {
+	testnet.Require(t, "/usr/share/drbl/sbin/drbl-functions")
+	c := baseCommon()
+	line, err := MulticastRestoreArgs(MulticastParams{Common: c})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cmdline := filepath.Join(dir, "cmdline")
+	if err := os.WriteFile(cmdline, []byte(line+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	fake := filepath.Join(dir, "bin", "ocs-sr")
+	os.MkdirAll(filepath.Dir(fake), 0o755)
+	if err := os.WriteFile(fake, []byte("#!/bin/sh\nread answer\necho \"read returned: $?\"\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-c", `. /usr/share/drbl/sbin/drbl-conf-functions
+. /usr/share/drbl/sbin/drbl-functions
+parse_cmdline_option -c "$1" ocs_live_run
+s="$(mktemp)"
+cat <<RUN_END > "$s"
+#!/bin/bash
+$ocs_live_run
+RUN_END
+PATH="$2:$PATH" bash "$s"`, "run", cmdline, filepath.Dir(fake))
+	stdin, err := cmd.StdinPipe() // the console: open, nobody types
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	out, err := cmd.CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "read returned: 1") {
+		t.Fatalf("ocs-sr's stdin under Clonezilla's runner: %v\n%s", err, out)
+	}
+}
